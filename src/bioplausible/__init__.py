@@ -1,0 +1,3 @@
+"""bioplausible: biologically plausible learning rules, compared with backprop."""
+
+__version__ = "0.1.0"
