@@ -1,0 +1,37 @@
+"""Feedback alignment (Lillicrap et al. 2016): errors go back through fixed random
+matrices B_l in place of W_l^T; the forward weights learn to align with them."""
+
+from __future__ import annotations
+
+import torch
+
+from ..criteria.claims import Claims, no, yes
+from .base import ExplicitBackward
+
+
+class FeedbackAlignment(ExplicitBackward):
+    name = "fa"
+    description = "Feedback alignment: fixed random feedback matrices"
+    claims = Claims(
+        c1_no_weight_transport=yes("feedback matrices are fixed random, independent of W"),
+        c2_local_error=no("the output error is carried down through every layer's feedback"),
+        c3_single_phase=no("a forward pass, then a separate feedback pass"),
+        c4_spiking=no("real-valued rates"),
+        c5_label_free_hidden=no("hidden layers learn from the label's error"),
+        c6_unsigned_error=no("signed errors are fed back"),
+    )
+
+    def setup(self) -> None:
+        # Drawn once, from a generator of their own so the forward init is unchanged, at the
+        # forward weights' scale; registered as buffers: saved and moved, never trained.
+        g = torch.Generator().manual_seed(self.cfg.seed + 7919)
+        for i, layer in enumerate(self.stack.layers):
+            bound = 1.0 / layer.fan_in**0.5
+            b = (torch.rand(layer.weight.shape, generator=g) * 2 - 1) * bound
+            self.register_buffer(f"B{i}", b.to(layer.weight.device))
+
+    def feedback(self, l: int) -> torch.Tensor:
+        return getattr(self, f"B{l}")
+
+    def hidden_error(self, l, delta_next, x_next_shape, e):
+        return self.stack.layers[l + 1].input_grad(delta_next, self.feedback(l + 1), x_next_shape)

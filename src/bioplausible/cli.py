@@ -1,0 +1,233 @@
+"""The `bioplausible` command line."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help="Biologically plausible learning rules, compared with backprop.")
+console = Console()
+err_console = Console(stderr=True)
+
+DEFAULT_STORE = Path("results/store.sqlite")
+
+
+def fail(msg: str) -> None:
+    """One clear line and exit 1: bad input is the user's to fix, not a traceback to read."""
+    err_console.print(f"[bold red]error:[/] {msg}", highlight=False, markup=True)
+    raise typer.Exit(1)
+
+
+def parse_options(items: list[str]) -> dict:
+    """--opt key=value pairs; values parsed as JSON when they can be (numbers, lists, booleans)."""
+    out = {}
+    for it in items:
+        if "=" not in it:
+            fail(f"--opt expects key=value, got {it!r}")
+        k, v = it.split("=", 1)
+        try:
+            out[k.strip()] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k.strip()] = v
+    return out
+
+
+def _int_tuple(s: Optional[str], opt: str):
+    if s is None:
+        return None
+    try:
+        return tuple(int(w) for w in s.replace("x", ",").split(",") if w)
+    except ValueError:
+        fail(f"{opt} expects integers separated by commas, got {s!r}")
+
+
+@app.command()
+def run(
+    rule: str = typer.Option(..., help="learning rule (see `bioplausible list`)"),
+    model: str = typer.Option("mlp", help="architecture: mlp or cnn"),
+    data: str = typer.Option("digits", help="dataset name (see `bioplausible list`)"),
+    epochs: int = typer.Option(10),
+    batch_size: int = typer.Option(64),
+    lr: float = typer.Option(1e-3),
+    optimizer: str = typer.Option("adam", help="adam or sgd"),
+    seed: int = typer.Option(0),
+    widths: Optional[str] = typer.Option(None, help="MLP hidden widths, e.g. 1024,512,256 (the default)"),
+    channels: Optional[str] = typer.Option(None, help="CNN channels, e.g. 32,64,64"),
+    act: Optional[str] = typer.Option(None, help="hidden activation (default: the rule's)"),
+    opt: list[str] = typer.Option([], "--opt", help="rule option key=value (repeatable)"),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N"),
+    data_dir: Optional[Path] = typer.Option(None, help="folder holding the dataset's files"),
+    store: Path = typer.Option(DEFAULT_STORE, help="results store (SQLite file)"),
+    force: bool = typer.Option(False, help="run again even if this config is already recorded"),
+) -> None:
+    """Train one rule on one model and dataset, evaluate each epoch, record the run."""
+    from pydantic import ValidationError
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .config import RunConfig
+    from .data import DataError
+    from .experiments.runner import execute, resolve_device
+    from .experiments.store import Store
+
+    try:
+        cfg = RunConfig(
+            rule=rule, model=model, data=data, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
+            seed=seed, widths=_int_tuple(widths, "--widths"), channels=_int_tuple(channels, "--channels"), act=act,
+            rule_options=parse_options(opt), device=device, data_dir=str(data_dir) if data_dir else None,
+        )
+        dev = resolve_device(device)
+    except ValidationError as e:
+        first = e.errors()[0]
+        fail(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}")
+    except ValueError as e:
+        fail(str(e))
+    st = Store(store)
+    if not force and st.has(cfg.key()):
+        console.print(f"run {cfg.key()} ({rule}/{model}/{data}, seed {seed}) is already recorded in {store}; --force to run again")
+        return
+    try:
+        from .data import load
+
+        dataset = load(cfg.data, cfg.data_dir, cfg.val_fraction)
+    except DataError as e:
+        fail(str(e))
+    steps = (len(dataset.x_train) + batch_size - 1) // batch_size
+    console.print(f"[bold]{rule}[/] on {model}/{data}, {epochs} epochs, device {dev}, run id {cfg.key()}")
+    with Progress(TextColumn("epoch {task.fields[epoch]}/{task.fields[epochs]}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console, transient=False) as prog:
+        task = prog.add_task("train", total=steps, epoch=1, epochs=epochs, info="")
+
+        def on_step(s):
+            prog.update(task, completed=s["step"] + 1, epoch=s["epoch"])
+
+        def on_epoch(r):
+            info = f"loss {r['train_loss']:.4f} train {r['train_acc']:.2%} val {r['val_acc']:.2%} test {r['test_acc']:.2%}"
+            prog.update(task, info=info)
+            if r["epoch"] < epochs:
+                prog.reset(task, total=steps, epoch=r["epoch"] + 1, epochs=epochs, info=info)
+
+        row = execute(cfg, data=dataset, on_step=on_step, on_epoch=on_epoch, checkpoint_dir=st.path.parent / "checkpoints")
+    epochs_rows = row.pop("_epochs")
+    st.record(row, epochs_rows)
+    if row["status"] == "done":
+        m = row["metrics"]
+        console.print(f"done: test accuracy {m['test_acc']:.2%} (val {m['val_acc']:.2%}), "
+                      f"{row['samples_per_s']:.0f} samples/s, recorded in {store}")
+    else:
+        console.print(f"[yellow]{row['status']}[/]: {row['reason'].splitlines()[0]} (recorded in {store})")
+        raise typer.Exit(2 if row["status"] == "failed" else 0)
+
+
+@app.command("list")
+def list_() -> None:
+    """Show the rules, models and datasets that exist."""
+    from .algorithms import all_rules
+    from .data import DATASETS
+    from .models import ARCHITECTURES
+
+    t = Table(title="learning rules")
+    for c in ("rule", "models", "description"):
+        t.add_column(c)
+    for name, cls in all_rules().items():
+        t.add_row(name, ", ".join(cls.architectures), cls.description)
+    console.print(t)
+    t = Table(title="models")
+    t.add_column("model")
+    t.add_column("description")
+    for a in ARCHITECTURES.values():
+        t.add_row(a.name, a.description)
+    console.print(t)
+    t = Table(title="datasets")
+    for c in ("dataset", "source", "description"):
+        t.add_column(c)
+    for d in DATASETS.values():
+        t.add_row(d.name, "bundled" if d.bundled else ("fetchable" if d.fetchable else "local files"), d.description)
+    console.print(t)
+
+
+RESULT_COLUMNS = ["id", "rule", "model", "data", "seed", "epochs", "status", "test_acc", "best_val_test_acc",
+                  "samples_per_s", "epoch_time", "wall_time"]
+
+
+def results_rows(runs: list[dict]) -> list[dict]:
+    out = []
+    for r in runs:
+        m = r["metrics"] or {}
+        out.append({
+            "id": r["id"], "rule": r["rule"], "model": r["model"], "data": r["data"], "seed": r["seed"],
+            "epochs": r["config"].get("epochs"), "status": r["status"],
+            "test_acc": m.get("test_acc"), "best_val_test_acc": m.get("best_val_test_acc"),
+            "samples_per_s": r["samples_per_s"], "epoch_time": r["epoch_time"], "wall_time": r["wall_time"],
+        })
+    return out
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.4f}" if v < 1 else f"{v:.1f}"
+    return str(v)
+
+
+@app.command()
+def results(
+    store: Path = typer.Option(DEFAULT_STORE, help="results store (SQLite file)"),
+    runs: str = typer.Option("all", help="selection: all, run ids, or filters like rule=fa|dfa,data=mnist"),
+    format: str = typer.Option("table", "--format", help="table, csv or markdown"),
+) -> None:
+    """Print the recorded runs."""
+    from .experiments.store import Store, StoreError
+
+    if format not in ("table", "csv", "markdown"):
+        fail(f"--format must be table, csv or markdown, got {format!r}")
+    if not store.exists():
+        fail(f"no results store at {store} (run something first, or pass --store)")
+    try:
+        rows = results_rows(Store(store).select(runs))
+    except StoreError as e:
+        fail(str(e))
+    if format == "csv":
+        import csv
+
+        w = csv.DictWriter(sys.stdout, fieldnames=RESULT_COLUMNS, lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+    elif format == "markdown":
+        print("| " + " | ".join(RESULT_COLUMNS) + " |")
+        print("|" + "---|" * len(RESULT_COLUMNS))
+        for r in rows:
+            print("| " + " | ".join(_fmt(r[c]) for c in RESULT_COLUMNS) + " |")
+    else:
+        t = Table(title=f"runs in {store}")
+        for c in RESULT_COLUMNS:
+            t.add_column(c)
+        for r in rows:
+            t.add_row(*(_fmt(r[c]) for c in RESULT_COLUMNS))
+        console.print(t)
+
+
+# Each subpackage that adds commands has a `cli.py` with `register(app)`.
+for _sub in ("data", "brain", "criteria", "experiments", "report"):
+    try:
+        _mod = importlib.import_module(f"bioplausible.{_sub}.cli")
+    except ModuleNotFoundError as _e:
+        if _e.name != f"bioplausible.{_sub}.cli":
+            raise
+        continue
+    _mod.register(app)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""Run configuration: validated on construction, with messages that name the bad option."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class RunConfig(BaseModel):
+    """One training run. Two runs with equal `key()` are the same experiment."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rule: str
+    model: str = "mlp"
+    data: str = "digits"
+    epochs: int = Field(10, ge=1, le=10_000)
+    batch_size: int = Field(64, ge=1, le=65_536)
+    lr: float = Field(1e-3, gt=0, le=10)
+    optimizer: Literal["adam", "sgd"] = "adam"
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    seed: int = Field(0, ge=0)
+    widths: tuple[int, ...] | None = None  # MLP hidden widths; None = the paper's 1024-512-256
+    channels: tuple[int, ...] | None = None  # CNN conv channels; None = preset for the input
+    act: str | None = None  # hidden activation; None = the rule's default
+    val_fraction: float = Field(0.1, ge=0, lt=1)
+    data_dir: str | None = None  # folder with the data set's files; None = the cache
+    rule_options: dict[str, Any] = Field(default_factory=dict)
+    # not part of the experiment's identity:
+    device: str = "auto"
+    eval_batch_size: int = Field(1024, ge=1)
+
+    @field_validator("widths", "channels")
+    @classmethod
+    def _positive(cls, v):
+        if v is not None and (len(v) == 0 or any(int(w) < 1 for w in v)):
+            raise ValueError("must be a non-empty list of positive integers")
+        return v
+
+    @field_validator("rule")
+    @classmethod
+    def _known_rule(cls, v: str) -> str:
+        from .algorithms import RULES
+
+        if v not in RULES:
+            raise ValueError(f"unknown rule {v!r}; known: {', '.join(RULES)}")
+        return v
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, v: str) -> str:
+        from .models import ARCHITECTURES
+
+        if v not in ARCHITECTURES:
+            raise ValueError(f"unknown model {v!r}; known: {', '.join(ARCHITECTURES)}")
+        return v
+
+    @field_validator("data")
+    @classmethod
+    def _known_data(cls, v: str) -> str:
+        from .data import DATASETS
+
+        if v not in DATASETS:
+            raise ValueError(f"unknown dataset {v!r}; known: {', '.join(DATASETS)}")
+        return v
+
+    IDENTITY_EXCLUDE: ClassVar[frozenset[str]] = frozenset({"device", "eval_batch_size", "data_dir"})
+
+    def identity(self) -> dict[str, Any]:
+        d = self.model_dump(mode="json")
+        return {k: v for k, v in d.items() if k not in self.IDENTITY_EXCLUDE}
+
+    def key(self) -> str:
+        """Stable id of the experiment: a hash of everything that changes its result."""
+        blob = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]

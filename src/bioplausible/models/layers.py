@@ -1,0 +1,173 @@
+"""Explicit layer stacks that learning rules drive layer by layer.
+
+A `Layer` is one weight layer: its *drive* (the linear map W x + b, dense or convolutional)
+followed by its *post* map (activation, then optional max-pooling). Rules that need the
+pieces separately (pre-activations for local derivatives, the layer's input for a Hebbian
+update) call `drive` and `post` themselves; `forward` is just `post(drive(x))`.
+
+Every forward computation a rule makes must go through `Layer.drive`: the weight-transport
+probe (`bioplausible.criteria`) relies on it to tell forward use of the weights from any
+other use (see `Layer.transport_probe`).
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ACTIVATIONS = {
+    "relu": torch.relu,
+    "tanh": torch.tanh,
+    "sigmoid": torch.sigmoid,
+    "identity": lambda a: a,
+    # hard sigmoid clamps to [0, 1]; energy-based rules use it as their bounded rate function
+    "hardsigmoid01": lambda a: a.clamp(0.0, 1.0),
+    "gelu": F.gelu,
+    "leaky_relu": lambda a: F.leaky_relu(a, 0.01),
+}
+
+
+def act_derivative(name: str, a: torch.Tensor, h: torch.Tensor | None = None) -> torch.Tensor:
+    """f'(a) for the element-wise activations, without building an autograd graph."""
+    if name == "relu":
+        return (a > 0).to(a.dtype)
+    if name == "tanh":
+        t = torch.tanh(a) if h is None else h
+        return 1 - t * t
+    if name == "sigmoid":
+        s = torch.sigmoid(a) if h is None else h
+        return s * (1 - s)
+    if name == "identity":
+        return torch.ones_like(a)
+    if name == "hardsigmoid01":
+        return ((a > 0) & (a < 1)).to(a.dtype)
+    if name == "leaky_relu":
+        return torch.where(a > 0, 1.0, 0.01).to(a.dtype)
+    raise ValueError(f"no closed-form derivative for activation {name!r}")
+
+
+class Layer(nn.Module):
+    """Dense (`kind="linear"`) or convolutional (`kind="conv"`) weight layer."""
+
+    def __init__(
+        self,
+        kind: str,
+        in_features: int,
+        out_features: int,
+        act: str = "relu",
+        kernel_size: int = 3,
+        padding: int | None = None,
+        pool: int = 0,
+        bias: bool = True,
+        name: str = "",
+    ) -> None:
+        super().__init__()
+        if kind not in ("linear", "conv"):
+            raise ValueError(f"layer kind must be 'linear' or 'conv', got {kind!r}")
+        if act not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {act!r}; known: {', '.join(ACTIVATIONS)}")
+        self.kind, self.act, self.pool, self.name = kind, act, pool, name
+        self.in_features, self.out_features = in_features, out_features
+        if kind == "linear":
+            shape: tuple[int, ...] = (out_features, in_features)
+            fan_in = in_features
+        else:
+            shape = (out_features, in_features, kernel_size, kernel_size)
+            fan_in = in_features * kernel_size * kernel_size
+        self.kernel_size = kernel_size
+        self.padding = kernel_size // 2 if padding is None else padding
+        self.weight = nn.Parameter(torch.empty(shape))
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+        # Kaiming-uniform (as nn.Linear / nn.Conv2d), so every rule starts from the same init
+        bound = 1.0 / math.sqrt(fan_in)
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            nn.init.uniform_(self.bias, -bound, bound)
+        self.fan_in = fan_in
+        self._probe_offset: torch.Tensor | None = None
+
+    # -- the forward pieces -------------------------------------------------------------
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """The layer's input in the shape its weights expect (flattens for dense layers)."""
+        return x.flatten(1) if self.kind == "linear" and x.dim() > 2 else x
+
+    def linear_op(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+        if self.kind == "linear":
+            return F.linear(x, w, b)
+        return F.conv2d(x, w, b, padding=self.padding)
+
+    def drive(self, x: torch.Tensor) -> torch.Tensor:
+        """Pre-activation W x + b."""
+        x = self.prepare(x)
+        a = self.linear_op(x, self.weight, self.bias)
+        if self._probe_offset is not None:
+            # Under the weight-transport probe the parameter holds W + N. Subtracting N x
+            # keeps the forward value exactly W x, while the input is detached in the
+            # correction so that anything propagated back through this op (autograd, or a
+            # rule reading `self.weight`) sees W + N. Only a rule that reuses the forward
+            # weights in its learning pathway can then notice the change.
+            a = a - self.linear_op(x.detach(), self._probe_offset)
+        return a
+
+    def post(self, a: torch.Tensor) -> torch.Tensor:
+        """Activation, then max-pooling for conv layers with `pool > 1`."""
+        h = ACTIVATIONS[self.act](a)
+        if self.pool > 1:
+            h = F.max_pool2d(h, self.pool)
+        return h
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.post(self.drive(x))
+
+    # -- explicit learning-pathway helpers (used by rules without whole-net autograd) ----
+    def input_grad(self, delta: torch.Tensor, feedback: torch.Tensor, x_shape: torch.Size) -> torch.Tensor:
+        """Send a pre-activation error `delta` back to the input through matrix `feedback`
+        (W for backprop, B for feedback alignment, ...), shaped like the layer's input."""
+        if self.kind == "linear":
+            return (delta @ feedback).view(x_shape)
+        return torch.nn.grad.conv2d_input(x_shape, feedback, delta, padding=self.padding)
+
+    def weight_grad(self, delta: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """dL/dW and dL/db for pre-activation error `delta` and layer input `x`."""
+        x = self.prepare(x)
+        if self.kind == "linear":
+            gw = delta.t() @ x
+            gb = delta.sum(0)
+        else:
+            gw = torch.nn.grad.conv2d_weight(x, self.weight.shape, delta, padding=self.padding)
+            gb = delta.sum((0, 2, 3))
+        return gw, (gb if self.bias is not None else None)
+
+    def post_backward(self, a: torch.Tensor, grad_h: torch.Tensor) -> torch.Tensor:
+        """Local derivative of `post` at pre-activation `a`: maps dL/dh to dL/da.
+
+        Only this layer's own non-linearity and pooling are differentiated, so no gradient
+        crosses a weight layer."""
+        if self.pool <= 1:
+            return grad_h.view_as(a) * act_derivative(self.act, a)
+        with torch.enable_grad():
+            a_ = a.detach().requires_grad_(True)
+            (g,) = torch.autograd.grad(self.post(a_), a_, grad_h.view(self.post(a_).shape))
+        return g
+
+    @contextmanager
+    def transport_probe(self, offset: torch.Tensor) -> Iterator[None]:
+        """Make the parameter hold W + offset for everything but the forward drive."""
+        with torch.no_grad():
+            self.weight.add_(offset)
+        self._probe_offset = offset
+        try:
+            yield
+        finally:
+            self._probe_offset = None
+            with torch.no_grad():
+                self.weight.sub_(offset)
+
+    def extra_repr(self) -> str:
+        s = f"{self.kind} {self.in_features}->{self.out_features}, act={self.act}"
+        return s + (f", k={self.kernel_size}, pool={self.pool}" if self.kind == "conv" else "")
