@@ -1,0 +1,48 @@
+"""The command line, through typer's test runner."""
+
+import csv
+import io
+
+from typer.testing import CliRunner
+
+from bioplausible.cli import app
+
+runner = CliRunner()
+
+
+def test_list_shows_rules_models_datasets():
+    r = runner.invoke(app, ["list"])
+    assert r.exit_code == 0, r.output
+    for word in ("bp", "fa", "dfa", "signsym", "mlp", "cnn", "digits", "mnist5k", "cifar10"):
+        assert word in r.output
+
+
+def test_run_then_results(tmp_path):
+    store = tmp_path / "store.sqlite"
+    args = ["run", "--rule", "dfa", "--data", "digits", "--epochs", "4", "--widths", "64", "--store", str(store), "--seed", "1"]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert "test accuracy" in r.output
+    r2 = runner.invoke(app, args)
+    assert "already recorded" in r2.output
+    r = runner.invoke(app, ["results", "--store", str(store), "--format", "csv"])
+    assert r.exit_code == 0, r.output
+    rows = list(csv.DictReader(io.StringIO(r.output)))
+    assert len(rows) == 1 and rows[0]["rule"] == "dfa" and rows[0]["status"] == "done"
+    assert float(rows[0]["test_acc"]) > 0.5  # chance is 0.1
+    r = runner.invoke(app, ["results", "--store", str(store), "--format", "markdown"])
+    assert r.output.startswith("| id | rule |")
+
+
+def test_bad_input_gives_one_clear_line(tmp_path):
+    r = runner.invoke(app, ["run", "--rule", "nope", "--store", str(tmp_path / "s.sqlite")])
+    assert r.exit_code == 1 and "unknown rule 'nope'" in r.output and "Traceback" not in r.output
+    r = runner.invoke(app, ["run", "--rule", "fa", "--epochs", "0", "--store", str(tmp_path / "s.sqlite")])
+    assert r.exit_code == 1 and "--epochs" in r.output
+    r = runner.invoke(app, ["run", "--rule", "fa", "--data", "cifar10", "--data-dir", str(tmp_path / "none"),
+                            "--store", str(tmp_path / "s.sqlite")])
+    assert r.exit_code == 1 and "not found" in r.output and str(tmp_path / "none") in r.output.replace("\n", "")
+    r = runner.invoke(app, ["results", "--store", str(tmp_path / "missing.sqlite")])
+    assert r.exit_code == 1 and "no results store" in r.output
+    r = runner.invoke(app, ["run", "--rule", "fa", "--device", "tpu", "--store", str(tmp_path / "s.sqlite")])
+    assert r.exit_code == 1 and "--device" in r.output
