@@ -87,6 +87,21 @@ class Learner(nn.Module):
         opt.step()
         opt.zero_grad(set_to_none=True)
 
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        """Every optimiser the learner holds (rules may keep extra ones, e.g. for feedback weights)."""
+        found = []
+        for v in vars(self).values():
+            items = v.values() if isinstance(v, dict) else (v if isinstance(v, (list, tuple)) else [v])
+            found += [o for o in items if isinstance(o, torch.optim.Optimizer)]
+        return found
+
+    def set_lr_factor(self, factor: float) -> None:
+        """Scale every optimiser's learning rates by `factor` relative to their initial values."""
+        for opt in self.optimizers():
+            for g in opt.param_groups:
+                g.setdefault("initial_lr", g["lr"])
+                g["lr"] = g["initial_lr"] * factor
+
     @staticmethod
     def output_error(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean cross-entropy and its gradient w.r.t. the logits (softmax - onehot) / N."""

@@ -94,6 +94,16 @@ def evaluate(learner: Learner, x: torch.Tensor, y: torch.Tensor, batch_size: int
     return correct / len(x)
 
 
+def lr_factor(schedule: str, epoch: int, epochs: int) -> float:
+    """Learning-rate multiplier for 1-based `epoch`: constant; cosine from 1 towards 0 (the
+    last epoch keeps a small rate); step: x0.1 at 50% and again at 75% of the epochs."""
+    if schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * (epoch - 1) / epochs))
+    if schedule == "step":
+        return 0.1 ** ((epoch > epochs * 0.5) + (epoch > epochs * 0.75))
+    return 1.0
+
+
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -125,6 +135,7 @@ def train(
     train_time = 0.0
     n_seen = 0
     for epoch in range(1, cfg.epochs + 1):
+        learner.set_lr_factor(lr_factor(cfg.lr_schedule, epoch, cfg.epochs))
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
         n = 0

@@ -1,0 +1,98 @@
+"""Test accuracy of each rule on full MNIST / Fashion-MNIST with the paper's MLP and the CNN.
+
+    bioplausible data fetch mnist && bioplausible data fetch fashion-mnist
+    python bench/accuracy.py [--rules bp,fa] [--data mnist,fashion-mnist] [--models mlp,cnn]
+                             [--epochs N] [--seed 0] [--store results/bench.sqlite] [--device auto]
+
+Every run is recorded in the results store (config, seed, versions, timings), so the table
+printed at the end, and `bioplausible results --store ...`, read only recorded runs; a
+finished run is not repeated (delete it or pass --force). Hyper-parameters per rule are in
+HPARAMS below: the same for MNIST and Fashion-MNIST, chosen on MNIST's validation split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from bioplausible.algorithms import RULES, get
+from bioplausible.config import RunConfig
+from bioplausible.data import DataError, load
+from bioplausible.experiments.runner import run
+from bioplausible.experiments.store import Store
+
+PAPER_WIDTHS = (1024, 512, 256)
+# rule -> overrides of RunConfig fields (per model where they differ)
+HPARAMS: dict[str, dict] = {
+    "bp": {"lr": 1e-3, "epochs": 20},
+    "fa": {"lr": 1e-3, "epochs": 20},
+    "dfa": {"lr": 1e-3, "epochs": 20},
+    "signsym": {"lr": 1e-3, "epochs": 20},
+}
+MODEL_HPARAMS: dict[tuple[str, str], dict] = {
+    ("bp", "cnn"): {"epochs": 10},
+    ("fa", "cnn"): {"epochs": 10},
+    ("dfa", "cnn"): {"epochs": 10},
+    ("signsym", "cnn"): {"epochs": 10},
+}
+
+
+def config_for(rule: str, model: str, data: str, seed: int, epochs: int | None, device: str) -> RunConfig:
+    kw = {"batch_size": 128, "lr_schedule": "cosine", **HPARAMS.get(rule, {}), **MODEL_HPARAMS.get((rule, model), {})}
+    if epochs is not None:
+        kw["epochs"] = epochs
+    if model == "mlp":
+        kw.setdefault("widths", PAPER_WIDTHS)
+    return RunConfig(rule=rule, model=model, data=data, seed=seed, device=device, **kw)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rules", default=",".join(RULES))
+    ap.add_argument("--data", default="mnist,fashion-mnist")
+    ap.add_argument("--models", default="mlp,cnn")
+    ap.add_argument("--epochs", type=int, default=None, help="override every rule's epochs")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--store", default="results/bench.sqlite")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--force", action="store_true")
+    args = ap.parse_args()
+    store = Store(args.store)
+    rows = []
+    for data_name in args.data.split(","):
+        try:
+            data = load(data_name)
+        except DataError as e:
+            print(f"skipping {data_name}: {e}")
+            continue
+        for model in args.models.split(","):
+            for rule in args.rules.split(","):
+                if model not in get(rule).architectures:
+                    print(f"skipping {rule}/{model}: the rule does not support this model")
+                    continue
+                cfg = config_for(rule, model, data_name, args.seed, args.epochs, args.device)
+                t0 = time.perf_counter()
+
+                def on_epoch(r, rule=rule, model=model):
+                    print(f"  {rule}/{model}/{data_name} epoch {r['epoch']}: loss {r['train_loss']:.4f} "
+                          f"val {r['val_acc']:.4f} test {r['test_acc']:.4f} ({r['epoch_time']:.1f}s)", flush=True)
+
+                out = run(cfg, store, force=args.force, data=data, on_epoch=on_epoch)
+                got = store.runs(id=cfg.key())[0]
+                state = "recorded earlier" if out is None else f"{time.perf_counter() - t0:.0f}s"
+                print(f"{rule}/{model}/{data_name}: {got['status']} test {got['metrics'].get('test_acc')} ({state})",
+                      flush=True)
+                rows.append(got)
+    bp_time = {(r["model"], r["data"]): r["epoch_time"] for r in rows if r["rule"] == "bp" and r["epoch_time"]}
+    print(f"\n{'rule':9s} {'model':5s} {'data':14s} {'epochs':>6s} {'test acc':>9s} {'s/epoch':>8s} {'x BP':>6s}  status")
+    for r in rows:
+        acc = r["metrics"].get("test_acc")
+        bt = bp_time.get((r["model"], r["data"]))
+        ratio = f"{r['epoch_time'] / bt:6.2f}" if (bt and r["epoch_time"]) else "     -"
+        et = f"{r['epoch_time']:8.1f}" if r["epoch_time"] else "       -"
+        print(f"{r['rule']:9s} {r['model']:5s} {r['data']:14s} {r['config']['epochs']:6d} "
+              f"{(f'{acc:.2%}' if acc is not None else '-'):>9s} {et} {ratio}  {r['status']}")
+
+
+if __name__ == "__main__":
+    main()
