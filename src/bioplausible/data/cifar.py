@@ -22,19 +22,15 @@ __all__ = ["load_cifar10", "load_cifar100", "read_cifar_pickle", "read_cifar_bin
 _PIXELS = 3 * 32 * 32
 
 
-def _numpy_attr(module: str, name: str) -> Callable[..., Any]:
-    # numpy 2 moved numpy.core to numpy._core; old pickles (the official CIFAR files were
-    # written by Python 2 with numpy 1) name the old path. Resolve both to the real
-    # object ourselves rather than importing `module`, which also avoids numpy.core's
-    # deprecation shim.
-    import importlib
-
-    for mod in (module.replace("numpy.core.", "numpy._core."), module):
-        try:
-            return getattr(importlib.import_module(mod), name)
-        except (ImportError, AttributeError):
-            continue
-    raise pickle.UnpicklingError(f"{module}.{name} not found in this numpy")
+# numpy 2 renamed numpy.core to numpy._core. Pickles name whichever path the writer had
+# (the official CIFAR files: Python 2 and numpy 1, so numpy.core), so both names map to
+# the one real function; we never import the module a pickle names.
+try:
+    from numpy._core.multiarray import _reconstruct
+    from numpy._core.numeric import _frombuffer
+except ImportError:  # numpy 1.x
+    from numpy.core.multiarray import _reconstruct  # type: ignore[no-redef]
+    from numpy.core.numeric import _frombuffer  # type: ignore[no-redef]
 
 
 def _latin1_encode(obj: str, encoding: str = "utf-8", errors: str = "strict") -> bytes:
@@ -50,14 +46,14 @@ def _latin1_encode(obj: str, encoding: str = "utf-8", errors: str = "strict") ->
 #   protocol 5:    _frombuffer(buffer, dtype, shape, order);
 #   protocol <= 2 written by Python 3: bytes arrive as _codecs.encode(str, "latin1").
 # Plain lists / dicts / bytes / str / int (labels, filenames, keys) need no globals at all.
-_ALLOWED: dict[tuple[str, str], Callable[[], Any]] = {
-    ("numpy.core.multiarray", "_reconstruct"): lambda: _numpy_attr("numpy.core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "_reconstruct"): lambda: _numpy_attr("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.numeric", "_frombuffer"): lambda: _numpy_attr("numpy.core.numeric", "_frombuffer"),
-    ("numpy._core.numeric", "_frombuffer"): lambda: _numpy_attr("numpy._core.numeric", "_frombuffer"),
-    ("numpy", "ndarray"): lambda: np.ndarray,
-    ("numpy", "dtype"): lambda: np.dtype,
-    ("_codecs", "encode"): lambda: _latin1_encode,
+_ALLOWED: dict[tuple[str, str], Callable[..., Any] | type] = {
+    ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy.core.numeric", "_frombuffer"): _frombuffer,
+    ("numpy._core.numeric", "_frombuffer"): _frombuffer,
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    ("_codecs", "encode"): _latin1_encode,
 }
 
 
@@ -65,10 +61,10 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
     """Unpickler that can build numpy arrays and plain containers, and nothing else."""
 
     def find_class(self, module: str, name: str) -> Any:
-        factory = _ALLOWED.get((module, name))
-        if factory is None:
-            raise pickle.UnpicklingError(f"refusing to load global {module}.{name}")
-        return factory()
+        try:
+            return _ALLOWED[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(f"refusing to load global {module}.{name}") from None
 
     def persistent_load(self, pid: Any) -> Any:  # pragma: no cover - defensive
         raise pickle.UnpicklingError("persistent ids are not allowed")
@@ -93,10 +89,12 @@ def read_cifar_pickle(path: Path) -> dict[str, Any]:
 
 def _batch_arrays(path: Path, d: dict[str, Any], label_key: str, num_classes: int):
     if "data" not in d or label_key not in d:
-        raise DataError(f"{path}: missing key {'data' if 'data' not in d else label_key!r}; has {sorted(d)}")
+        missing = "data" if "data" not in d else label_key
+        raise DataError(f"{path}: missing key {missing!r}; has {sorted(d)}")
     data, labels = d["data"], d[label_key]
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8:
-        raise DataError(f"{path}: 'data' must be a uint8 array, got {type(data).__name__} {getattr(data, 'dtype', '')}")
+        got = f"{type(data).__name__} {getattr(data, 'dtype', '')}".strip()
+        raise DataError(f"{path}: 'data' must be a uint8 array, got {got}")
     n = len(data)
     if data.size != n * _PIXELS:
         raise DataError(f"{path}: 'data' has shape {data.shape}; expected (N, {_PIXELS})")

