@@ -12,6 +12,8 @@ _RULES: dict[str, str] = {
     "fa": "fa:FeedbackAlignment",
     "dfa": "dfa:DirectFeedbackAlignment",
     "signsym": "signsym:SignSymmetry",
+    "wp": "perturbation:WeightPerturbation",
+    "np": "perturbation:NodePerturbation",
 }
 
 RULES = tuple(_RULES)
