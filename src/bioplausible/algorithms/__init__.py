@@ -14,6 +14,8 @@ _RULES: dict[str, str] = {
     "signsym": "signsym:SignSymmetry",
     "wp": "perturbation:WeightPerturbation",
     "np": "perturbation:NodePerturbation",
+    "pc": "pc:PredictiveCoding",
+    "dtp": "dtp:DifferenceTargetProp",
 }
 
 RULES = tuple(_RULES)
