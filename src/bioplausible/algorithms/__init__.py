@@ -16,6 +16,8 @@ _RULES: dict[str, str] = {
     "np": "perturbation:NodePerturbation",
     "pc": "pc:PredictiveCoding",
     "dtp": "dtp:DifferenceTargetProp",
+    "ff": "ff:ForwardForward",
+    "local": "local:LocalLosses",
 }
 
 RULES = tuple(_RULES)
