@@ -18,6 +18,9 @@ _RULES: dict[str, str] = {
     "dtp": "dtp:DifferenceTargetProp",
     "ff": "ff:ForwardForward",
     "local": "local:LocalLosses",
+    "hebbian": "hebbian:Hebbian",
+    "stdp": "stdp:STDP",
+    "rstdp": "stdp:RSTDP",
 }
 
 RULES = tuple(_RULES)

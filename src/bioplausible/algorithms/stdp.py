@@ -1,0 +1,397 @@
+"""Spike-timing-dependent plasticity in a network of leaky integrate-and-fire neurons.
+
+``stdp`` — unsupervised, in the style of Diehl & Cook (2015): input pixels become spike trains
+(Poisson, or a regular rate code), drive one layer of excitatory LIF neurons through plastic
+weights in [0, w_max]; lateral inhibition makes the layer a soft winner-take-all; every
+neuron has an adaptive threshold (theta rises by ``theta_plus`` at each of its spikes and
+decays with ``tau_theta`` samples, by default 40 x the number of neurons so that theta levels
+off), so no neuron wins every input. Weights change only by the pair (trace) STDP rule
+
+    dW = eta_post * sum_t s_post(t) (x_pre(t) - x_tar)^T  -  eta_pre * sum_t x_post(t-1) s_pre(t)^T
+
+(potentiation when a post spike follows pre activity, depression when a pre spike follows
+post activity; x are exponential traces with time constants ``tau_pre``/``tau_post``, updated
+additively: x(t) = exp(-1/tau) x(t-1) + s(t)), clipped to [0, w_max], followed, as in Diehl &
+Cook, by rescaling each neuron's incoming weights to sum ``w_sum`` x n_inputs (only for rows
+that changed: a step without spikes leaves the weights untouched). Labels are used only
+to *assign* each neuron the class for which its mean response is highest (a running,
+exponentially weighted tally over training, ``assign_decay`` per batch); the class score is
+the mean spike count of the neurons assigned to that class. The assignment is stored as the
+readout layer's weight (A[c, i] = 1/n_c for neuron i assigned to class c), so `predict` is
+``readout.drive(counts)``: the response-based vote of the paper.
+
+``rstdp`` — reward-modulated STDP after Mozafari et al. (2018): the same unsupervised STDP
+layer, then a layer of decision neurons (``decision_per_class`` per class, lateral
+inhibition, one winner per step). The decision is the class of the decision neuron that
+fires most (ties broken by summed input). The reward r = +1 when it is right, -1 when
+wrong, and only the winning neuron's incoming weights change, by r times the same trace STDP
+term (punishment is anti-STDP), with the soft bound w (1 - w) of Mozafari et al. Prediction:
+decision neurons' spike counts summed per class.
+
+Input coding: images are rescaled per sample to [0, 1] (undoing the data set's affine
+standardisation), then each pixel fires with probability proportional to its intensity,
+scaled so that a sample emits ``spikes_per_step`` spikes per step on average (a
+contrast-normalised rate code, so the same thresholds suit 8x8 digits and 28x28 MNIST).
+``encoding="rate"`` gives deterministic regular trains with the same rates.
+One step is one time unit; ``time_steps`` per presentation (Diehl & Cook: 350 ms at 0.5 ms).
+
+Architecture: this rule builds its own stack, [fc1: inputs -> excitatory layer, readout],
+because a Diehl & Cook network has one plastic layer (MLP only; no conv-STDP front end is
+provided). The number of excitatory neurons is ``n_neurons`` when given, else
+``cfg.widths[0]`` when widths are given, else 1600 (Diehl & Cook's size with 91.9% on MNIST;
+the paper's 1024-512-256 stack is not used, deeper STDP layers do not help in that model).
+
+Batching: a batch is B independent networks sharing weights, thresholds and assignment.
+Learning is batched too: the STDP terms are summed over time and over the B networks of a
+presentation and applied once at its end (so one step ~ B sequential presentations with the
+weights frozen within the batch); theta rises by theta_plus times the batch's summed spikes.
+Each presentation starts from rest (potentials and traces zero). Evaluation uses the same
+dynamics without learning and without theta changes; samples that evoke fewer than
+``min_spikes`` spikes are re-run with doubled input rate (at most ``retries`` times, as Diehl
+& Cook do), vectorised over the subset.
+
+Every input-to-layer current is computed by ``Layer.drive`` on the spike vector (bias zero
+and frozen), the learning pathway reads spikes and traces only. Nothing uses the shared
+optimiser: STDP updates are not gradients, so `cfg.lr` and `cfg.optimizer` are unused.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..criteria.claims import Claims, no, partial, yes
+from ..models import Layer, Stack
+from ..models.spiking import LIFState, decay, encode, spike_probabilities, to_unit_range
+from .base import Learner
+
+
+class STDPOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    n_neurons: int | None = Field(None, ge=1)
+    time_steps: int = Field(64, ge=1)
+    encoding: Literal["poisson", "rate"] = "poisson"
+    spikes_per_step: float = Field(8.0, gt=0)  # mean input spikes per step per sample
+    tau_mem: float = Field(20.0, gt=0)  # in steps
+    tau_pre: float = Field(8.0, gt=0)
+    tau_post: float = Field(8.0, gt=0)
+    eta_post: float = Field(0.01, ge=0)
+    eta_pre: float = Field(0.002, ge=0)
+    x_tar: float = Field(0.0, ge=0)  # Diehl & Cook's presynaptic target: LTP uses (x_pre - x_tar)
+    w_max: float = Field(1.0, gt=0)
+    w_sum: float | None = Field(0.1, gt=0)  # row-sum target per input; None = no normalisation
+    v_thresh: float = Field(2.0, gt=0)
+    theta_plus: float = Field(0.02, ge=0)
+    # theta's decay time constant in samples; None = 40 * n_neurons, which makes theta settle
+    # near theta_plus * 40 * (spikes per sample) whatever the layer size (a neuron wins about
+    # 1 / n_neurons of the samples), instead of growing until nothing fires on long runs
+    tau_theta: float | None = Field(None, gt=0)
+    inhibition: float = Field(5.0, ge=0)
+    one_winner: bool = False  # True: at most one spike per step (hard WTA); measured worse on mnist5k
+    assign_decay: float = Field(0.99, gt=0, le=1)
+    min_spikes: int = Field(5, ge=0)
+    retries: int = Field(2, ge=0)
+    # R-STDP only
+    decision_per_class: int = Field(10, ge=1)
+    eta_reward: float = Field(0.1, ge=0)
+    eta_punish: float = Field(0.05, ge=0)
+    decision_thresh: float = Field(2.0, gt=0)
+
+
+class STDP(Learner):
+    name = "stdp"
+    description = "Diehl & Cook 2015 unsupervised STDP in LIF neurons, response-based label assignment"
+    Options = STDPOptions
+    architectures = ("mlp",)
+    claims = Claims(
+        c1_no_weight_transport=yes("no feedback pathway: updates use pre/post spike traces only"),
+        c2_local_error=yes("each synapse changes from its own pre- and post-synaptic traces"),
+        c3_single_phase=yes("learning happens during the one presentation"),
+        c4_spiking=yes("LIF neurons communicate by binary spikes"),
+        c5_label_free_hidden=yes("labels only assign neurons to classes after the fact; weights never see them"),
+        c6_unsigned_error=yes("no error signal at all"),
+    )
+
+    # -- construction ----------------------------------------------------------------------
+    def n_exc(self) -> int:
+        if self.opts.n_neurons is not None:
+            return self.opts.n_neurons
+        return self.cfg.widths[0] if self.cfg.widths else 1600
+
+    def n_out(self) -> int:
+        return self.stack.num_classes
+
+    def setup(self) -> None:
+        o = self.opts
+        old = self.stack
+        dev = old.layers[0].weight.device
+        n_in = old.layers[0].in_features
+        g = torch.Generator().manual_seed(self.cfg.seed + 31337)
+        fc1 = Layer("linear", n_in, self.n_exc(), act="identity", name="fc1")
+        out = Layer("linear", self.n_exc(), self.n_out(), act="identity", name="out")
+        with torch.no_grad():
+            # Diehl & Cook: uniform random initial weights in [0, 0.3 w_max]
+            fc1.weight.copy_(torch.rand(fc1.weight.shape, generator=g) * 0.3 * o.w_max)
+            self.init_readout(out, g)
+            for layer in (fc1, out):
+                layer.bias.zero_()
+                layer.weight.requires_grad_(False)
+                layer.bias.requires_grad_(False)
+        self.stack = Stack([fc1, out], "mlp", old.input_shape, old.num_classes).to(dev)
+        self.normalise_rows(self.stack.layers[0].weight, torch.ones(self.n_exc(), dtype=torch.bool, device=dev))
+        self.register_buffer("theta", torch.zeros(self.n_exc(), device=dev))
+        self.register_buffer("class_resp", torch.zeros(self.stack.num_classes, self.n_exc(), device=dev))
+        self.register_buffer("class_n", torch.zeros(self.stack.num_classes, device=dev))
+        self._gen: torch.Generator | None = None
+
+    def init_readout(self, out: Layer, g: torch.Generator) -> None:
+        out.weight.zero_()  # no neuron assigned yet
+
+    def trainable_parameters(self):
+        return []  # nothing goes through the shared optimiser
+
+    def make_optimizer(self, params, lr=None):
+        # the optimiser is never stepped; SGD on an empty list is not allowed, so hold a dummy
+        return torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=self.cfg.lr)
+
+    def generator(self, device) -> torch.Generator:
+        # spike-train noise from a generator of its own, seeded from cfg.seed, on the data's device
+        if self._gen is None or self._gen.device != torch.device(device):
+            self._gen = torch.Generator(device=device).manual_seed(self.cfg.seed + 7)
+        return self._gen
+
+    def extra_state(self):
+        # the training spike-noise generator, so a resumed run draws the same spikes
+        return {"gen": self._gen.get_state(), "gen_device": str(self._gen.device)} if self._gen is not None else {}
+
+    def load_extra_state(self, state):
+        if "gen" in state:
+            self._gen = torch.Generator(device=state["gen_device"])
+            self._gen.set_state(state["gen"])
+
+    @property
+    def exc(self) -> Layer:
+        return self.stack.layers[0]
+
+    @property
+    def readout(self) -> Layer:
+        return self.stack.layers[-1]
+
+    # -- the trace rule ---------------------------------------------------------------------
+    @torch.no_grad()
+    def normalise_rows(self, w: torch.Tensor, rows: torch.Tensor) -> None:
+        if self.opts.w_sum is None:
+            return
+        target = self.opts.w_sum * w.shape[1]
+        scaled = w * (target / w.sum(1, keepdim=True).clamp_min(1e-12))
+        w.copy_(torch.where(rows.view(-1, 1), scaled.clamp(0, self.opts.w_max), w))
+
+    # -- simulation ------------------------------------------------------------------------
+    @torch.no_grad()
+    def simulate(self, x: torch.Tensor, learn: bool, rate_scale: float = 1.0, record: bool = False):
+        """Present x for `time_steps` steps. Returns (exc spike counts, extra dict) where extra
+        has the accumulated STDP terms 'ltp' = sum_t s_post^T x_pre, 'ltd' = sum_t x_post(t-1)^T
+        s_pre (both (n_exc, n_in), summed over the batch) and, with `record`, the spike trains."""
+        o = self.opts
+        p = spike_probabilities(to_unit_range(x), o.spikes_per_step * rate_scale)
+        B, n_in = p.shape
+        gen = None
+        if o.encoding == "poisson":
+            # training draws from the learner's running generator; evaluation from a fresh one
+            # with a fixed seed, so a prediction depends only on the weights and the input
+            # (identical after a checkpoint is restored, identical on every call)
+            gen = self.generator(x.device) if learn else torch.Generator(device=x.device).manual_seed(
+                self.cfg.seed + 99991)
+        exc = LIFState(B, self.n_exc(), x.device, p.dtype)
+        pre_trace = torch.zeros_like(p)
+        md, dpre, dpost = decay(o.tau_mem), decay(o.tau_pre), decay(o.tau_post)
+        thr = o.v_thresh + self.theta
+        ltp = torch.zeros(self.n_exc(), n_in, device=x.device, dtype=p.dtype) if learn else None
+        ltd = torch.zeros_like(ltp) if learn else None
+        pre_rec, post_rec = [], []
+        state = self.begin_presentation(B, x.device, p.dtype, learn)
+        for t in range(o.time_steps):
+            s_in = encode(p, t, o.encoding, gen)
+            pre_trace = dpre * pre_trace + s_in
+            post_trace_before = exc.trace
+            s = exc.step(self.exc.drive(s_in), thr, md, dpost, o.inhibition, o.one_winner)
+            if learn:
+                ltp += s.t() @ (pre_trace - o.x_tar) if o.x_tar else s.t() @ pre_trace
+                ltd += post_trace_before.t() @ s_in
+            self.after_exc_step(state, s, t, learn)
+            if record:
+                pre_rec.append(s_in)
+                post_rec.append(s)
+        extra = {"ltp": ltp, "ltd": ltd, "state": state}
+        if record:
+            extra["pre"] = torch.stack(pre_rec)
+            extra["post"] = torch.stack(post_rec)
+        return exc.count, extra
+
+    # hooks for the decision layer of R-STDP
+    def begin_presentation(self, batch, device, dtype, learn):
+        return None
+
+    def after_exc_step(self, state, s, t, learn):
+        pass
+
+    @torch.no_grad()
+    def stdp_update(self, ltp: torch.Tensor, ltd: torch.Tensor, counts: torch.Tensor) -> None:
+        """Apply the accumulated trace rule to the input weights, then Diehl & Cook's
+        per-neuron normalisation for the rows that changed."""
+        o = self.opts
+        w = self.exc.weight
+        dw = o.eta_post * ltp - o.eta_pre * ltd
+        changed = dw.ne(0).any(1)
+        w.add_(dw).clamp_(0.0, o.w_max)
+        self.normalise_rows(w, changed)
+        # adaptive thresholds: up with every spike (batch-summed), slow decay per sample
+        n = counts.shape[0]
+        tau = o.tau_theta if o.tau_theta is not None else 40.0 * self.n_exc()
+        self.theta.mul_(decay(tau) ** n).add_(o.theta_plus * counts.sum(0))
+
+    @torch.no_grad()
+    def update_assignment(self, counts: torch.Tensor, y: torch.Tensor) -> None:
+        o = self.opts
+        onehot = F.one_hot(y, self.stack.num_classes).to(counts.dtype)
+        self.class_resp.mul_(o.assign_decay).add_(onehot.t() @ counts)
+        self.class_n.mul_(o.assign_decay).add_(onehot.sum(0))
+        mean_resp = self.class_resp / self.class_n.clamp_min(1e-12).view(-1, 1)
+        assigned = mean_resp.argmax(0)
+        active = mean_resp.sum(0) > 0  # neurons that never fired stay unassigned
+        a = F.one_hot(assigned, self.stack.num_classes).t().to(counts.dtype) * active.to(counts.dtype)
+        self.readout.weight.copy_(a / a.sum(1, keepdim=True).clamp_min(1.0))
+
+    def train_step(self, x, y):
+        counts, extra = self.simulate(x, learn=True)
+        self.stdp_update(extra["ltp"], extra["ltd"], counts)
+        self.update_assignment(counts, y)
+        stats = self.learn_decision(extra["state"], y)
+        scores = self.scores(counts, extra["state"])
+        loss = F.cross_entropy(scores, y)  # tracks training only; nothing learns from it
+        return {"loss": loss, "correct": (scores.argmax(1) == y).sum(),
+                "exc_spikes": counts.sum(1).mean().item(), "theta": self.theta.mean().item(), **stats}
+
+    def learn_decision(self, state, y) -> dict:
+        return {}
+
+    def scores(self, counts: torch.Tensor, state) -> torch.Tensor:
+        return self.readout.drive(counts)
+
+    @torch.no_grad()
+    def respond(self, x: torch.Tensor):
+        """Evaluation: spike counts (and decision state) without learning; weak responders
+        are re-presented at doubled rate."""
+        counts, extra = self.simulate(x, learn=False)
+        state = extra["state"]
+        scale = 1.0
+        for _ in range(self.opts.retries):
+            weak = counts.sum(1) < self.opts.min_spikes
+            if not bool(weak.any()):
+                break
+            scale *= 2.0
+            idx = weak.nonzero().squeeze(1)
+            c2, e2 = self.simulate(x[idx], learn=False, rate_scale=scale)
+            counts = counts.index_copy(0, idx, c2)
+            state = self.merge_state(state, e2["state"], idx)
+        return counts, state
+
+    def merge_state(self, state, new, idx):
+        return state
+
+    @torch.no_grad()
+    def predict(self, x):
+        counts, state = self.respond(x)
+        return self.scores(counts, state)
+
+    @torch.no_grad()
+    def activations(self, x):
+        counts, state = self.respond(x)
+        rates = counts / self.opts.time_steps
+        return {"fc1": rates, "out": self.scores(counts, state)}
+
+
+class RSTDP(STDP):
+    name = "rstdp"
+    description = "Reward-modulated STDP (Mozafari et al. 2018): STDP layer + decision neurons learning from reward"
+    claims = Claims(
+        c1_no_weight_transport=yes("no feedback pathway: updates use spike traces and a scalar reward"),
+        c2_local_error=partial("synapses use local traces times one global scalar reward (a neuromodulator)"),
+        c3_single_phase=yes("the reward arrives at the end of the same presentation"),
+        c4_spiking=yes("LIF neurons communicate by binary spikes"),
+        c5_label_free_hidden=yes("the excitatory layer learns by unsupervised STDP; only decision neurons get reward"),
+        c6_unsigned_error=partial("a scalar reward/punishment (+1/-1), no per-neuron error"),
+    )
+
+    def n_out(self) -> int:
+        return self.stack.num_classes * self.opts.decision_per_class
+
+    def init_readout(self, out: Layer, g: torch.Generator) -> None:
+        # Mozafari et al. initialise their plastic weights around 0.8 with small spread
+        out.weight.copy_((0.8 + 0.05 * torch.randn(out.weight.shape, generator=g)).clamp(0, 1))
+
+    def begin_presentation(self, batch, device, dtype, learn):
+        # the spike trains and traces of the presentation are kept (T x batch x n) so that,
+        # once the winner is known, its row's STDP terms are gathered without ever forming
+        # a per-sample (n_dec x n_exc) tensor
+        return {
+            "dec": LIFState(batch, self.n_out(), device, dtype),
+            "input": torch.zeros(batch, self.n_out(), device=device, dtype=dtype),
+            "exc_trace": torch.zeros(batch, self.n_exc(), device=device, dtype=dtype),
+            "rec": [] if learn else None,
+        }
+
+    def after_exc_step(self, state, s, t, learn):
+        o = self.opts
+        state["exc_trace"] = decay(o.tau_pre) * state["exc_trace"] + s
+        dec: LIFState = state["dec"]
+        current = self.readout.drive(s)
+        state["input"] += current
+        post_before = dec.trace
+        sd = dec.step(current, torch.full((), o.decision_thresh, device=s.device), decay(o.tau_mem),
+                      decay(o.tau_post), o.inhibition, True)
+        if learn:
+            state["rec"].append((sd, post_before, state["exc_trace"], s))
+
+    def merge_state(self, state, new, idx):
+        for k in ("input",):
+            state[k] = state[k].index_copy(0, idx, new[k])
+        state["dec"].count = state["dec"].count.index_copy(0, idx, new["dec"].count)
+        return state
+
+    def update_assignment(self, counts, y):
+        pass  # decisions come from the decision neurons, not from a response tally
+
+    def winners(self, state) -> torch.Tensor:
+        dec: LIFState = state["dec"]
+        # most spikes; ties (including no spike at all) broken by the summed input current
+        key = dec.count + 1e-6 * state["input"] / state["input"].abs().max().clamp_min(1e-12)
+        return key.argmax(1)
+
+    def scores(self, counts, state):
+        dec: LIFState = state["dec"]
+        k = self.opts.decision_per_class
+        key = dec.count + 1e-6 * state["input"] / state["input"].abs().max().clamp_min(1e-12)
+        return key.view(key.shape[0], -1, k).sum(2)
+
+    @torch.no_grad()
+    def learn_decision(self, state, y):
+        o = self.opts
+        win = self.winners(state)
+        cls = win // o.decision_per_class
+        r = torch.where(cls == y, o.eta_reward, -o.eta_punish).to(self.readout.weight.dtype)
+        sd, post_before, exc_trace, s_exc = (torch.stack(v) for v in zip(*state["rec"]))  # (T, B, .)
+        idx = win.view(1, -1, 1).expand(sd.shape[0], -1, 1)
+        sd_w, post_w = sd.gather(2, idx), post_before.gather(2, idx)  # the winner's trains (T, B, 1)
+        # pair STDP of the winner's incoming synapses, per sample: LTP at its spikes from the
+        # excitatory traces, LTD at excitatory spikes from its own trace
+        stdp = (sd_w * exc_trace).sum(0) - (o.eta_pre / max(o.eta_post, 1e-12)) * (post_w * s_exc).sum(0)
+        # reward gives STDP, punishment anti-STDP; samples sharing a winner add up (index_add)
+        dw = torch.zeros_like(self.readout.weight).index_add_(0, win, r.view(-1, 1) * stdp)
+        w = self.readout.weight
+        w.add_(dw * w * (1 - w)).clamp_(0.0, 1.0)
+        return {"reward": (cls == y).float().mean().item()}

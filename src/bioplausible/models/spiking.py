@@ -1,0 +1,79 @@
+"""Leaky integrate-and-fire machinery for the spiking rules (`stdp`, `rstdp`).
+
+Discrete time, one step = one unit of time; every state tensor is (batch, neurons), so a
+batch is a set of independent networks that share weights. Nothing here learns: the rules
+read the spike trains and traces and decide what to do with them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def to_unit_range(x: torch.Tensor) -> torch.Tensor:
+    """Per-sample min-max rescaling of (normalised) images to [0, 1] intensities.
+
+    The data sets are standardised per channel, an affine map, so this undoes it for images
+    whose darkest pixel is the background (MNIST, digits) without knowing mean and std."""
+    flat = x.flatten(1)
+    lo = flat.min(1, keepdim=True).values
+    hi = flat.max(1, keepdim=True).values
+    return (flat - lo) / (hi - lo).clamp_min(1e-12)
+
+
+def spike_probabilities(x01: torch.Tensor, spikes_per_step: float) -> torch.Tensor:
+    """Per-pixel, per-step firing probability: intensities scaled so that a sample emits
+    `spikes_per_step` input spikes per step on average, whatever its ink or resolution."""
+    p = x01 * (spikes_per_step / x01.sum(1, keepdim=True).clamp_min(1e-12))
+    return p.clamp(0.0, 1.0)
+
+
+def encode(p: torch.Tensor, t: int, kind: str, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Input spikes at step t: Poisson (Bernoulli per step) or regular rate code."""
+    if kind == "poisson":
+        return (torch.rand(p.shape, generator=generator, device=p.device, dtype=p.dtype) < p).to(p.dtype)
+    # deterministic regular spike train with rate p: a spike whenever the phase crosses an integer
+    return (torch.floor((t + 1) * p) - torch.floor(t * p)).clamp(0, 1)
+
+
+def decay(tau: float) -> float:
+    return math.exp(-1.0 / tau)
+
+
+class LIFState:
+    """Membrane potentials, traces and spike counts of one population for one presentation."""
+
+    def __init__(self, batch: int, n: int, device, dtype=torch.float32) -> None:
+        z = lambda: torch.zeros(batch, n, device=device, dtype=dtype)  # noqa: E731
+        self.v, self.trace, self.count, self.last = z(), z(), z(), z()
+
+    def step(
+        self,
+        current: torch.Tensor,
+        threshold: torch.Tensor,
+        mem_decay: float,
+        trace_decay: float,
+        inhibition: float,
+        one_winner: bool,
+    ) -> torch.Tensor:
+        """Integrate, fire, reset, inhibit. Returns this step's spikes (batch, n).
+
+        Lateral inhibition: every spike of the previous step lowers the potential of every
+        *other* neuron by `inhibition` (Diehl & Cook's inhibitory population, folded into one
+        connection). With `one_winner`, at most one neuron per network fires per step (the
+        one furthest above threshold), the fast-inhibition limit that keeps simultaneous
+        winners from sharing every input."""
+        others = self.last.sum(1, keepdim=True) - self.last
+        self.v = mem_decay * self.v + current - inhibition * others
+        over = self.v - threshold
+        s = (over > 0).to(self.v.dtype)
+        if one_winner:
+            top = over.argmax(1, keepdim=True)
+            s = s * torch.zeros_like(s).scatter_(1, top, 1.0)
+        self.v = self.v * (1 - s)  # reset to rest (0)
+        self.trace = trace_decay * self.trace + s
+        self.count = self.count + s
+        self.last = s
+        return s
