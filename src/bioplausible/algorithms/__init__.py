@@ -21,6 +21,7 @@ _RULES: dict[str, str] = {
     "hebbian": "hebbian:Hebbian",
     "stdp": "stdp:STDP",
     "rstdp": "stdp:RSTDP",
+    "ep": "ep:EquilibriumPropagation",
 }
 
 RULES = tuple(_RULES)
