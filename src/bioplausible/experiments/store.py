@@ -168,3 +168,100 @@ class Store:
                 raise StoreError(f"unknown run field {k!r} in --runs {selection!r}")
             filters[k] = set(v.split("|"))
         return [r for r in runs if all(str(r[k]) in vs for k, vs in filters.items())]
+
+    # -- criteria matrix (added for `compare`/`report`) ----------------------------------------
+    CRITERIA_SCHEMA = """
+    CREATE TABLE IF NOT EXISTS criteria (
+        version TEXT NOT NULL,        -- bioplausible version that measured the matrix
+        created TEXT NOT NULL,        -- UTC time the matrix was stored
+        position INTEGER NOT NULL,    -- row order as the matrix builder gave it
+        rule TEXT,
+        row TEXT NOT NULL,            -- JSON of one matrix row, as built
+        PRIMARY KEY (version, position)
+    );
+    """
+
+    def record_criteria(self, rows: list[dict[str, Any]], version: str, created: str) -> None:
+        """Store one criteria matrix (replacing any matrix of the same version), atomically."""
+        con = self.connect()
+        try:
+            con.executescript(self.CRITERIA_SCHEMA)
+        finally:
+            con.close()
+        with self.transaction() as con:
+            con.execute("DELETE FROM criteria WHERE version = ?", (version,))
+            con.executemany(
+                "INSERT INTO criteria (version, created, position, rule, row) VALUES (?, ?, ?, ?, ?)",
+                [(version, created, i, r.get("rule"), json.dumps(r, sort_keys=False, default=str))
+                 for i, r in enumerate(rows)],
+            )
+
+    def criteria(self) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """The most recently stored criteria matrix: (rows, {version, created}); ([], {}) if none."""
+        if "criteria" not in self.tables():
+            return [], {}
+        con = self.connect()
+        try:
+            last = con.execute("SELECT version, created FROM criteria ORDER BY created DESC LIMIT 1").fetchone()
+            if last is None:
+                return [], {}
+            rows = con.execute("SELECT row FROM criteria WHERE version = ? ORDER BY position",
+                               (last["version"],)).fetchall()
+        finally:
+            con.close()
+        return [json.loads(r["row"]) for r in rows], {"version": last["version"], "created": last["created"]}
+
+    def tables(self) -> list[str]:
+        """Names of the tables in the store (the report looks for the brain comparison's)."""
+        con = self.connect()
+        try:
+            return [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+        finally:
+            con.close()
+
+    def query(self, sql: str, params: tuple = ()) -> list[dict[str, Any]]:
+        """Read-only SELECT for readers of tables other modules add (brain results)."""
+        if not sql.lstrip().upper().startswith(("SELECT", "WITH")):
+            raise StoreError("Store.query runs SELECT statements only")
+        con = self.connect()
+        try:
+            return [dict(r) for r in con.execute(sql, params)]
+        finally:
+            con.close()
+
+    # -- RDMs shown by the report (added for `compare`/`report`) -------------------------------
+    RDMS_SCHEMA = """
+    CREATE TABLE IF NOT EXISTS brain_rdms (
+        position INTEGER PRIMARY KEY, -- panel order
+        label TEXT NOT NULL,          -- e.g. 'hIT (brain)', 'bp mlp digits: fc1'
+        kind TEXT NOT NULL,           -- brain | trained | reference
+        n INTEGER NOT NULL,           -- number of stimuli
+        vector TEXT NOT NULL,         -- JSON: upper triangle (row-major, no diagonal)
+        created TEXT NOT NULL
+    );
+    """
+
+    def record_rdms(self, panels: list[dict[str, Any]], created: str) -> None:
+        """Replace the stored RDM panels ({label, kind, n, vector}) in one transaction."""
+        con = self.connect()
+        try:
+            con.executescript(self.RDMS_SCHEMA)
+        finally:
+            con.close()
+        with self.transaction() as con:
+            con.execute("DELETE FROM brain_rdms")
+            con.executemany("INSERT INTO brain_rdms (position, label, kind, n, vector, created) VALUES (?,?,?,?,?,?)",
+                            [(i, p["label"], p["kind"], int(p["n"]), json.dumps(p["vector"]), created)
+                             for i, p in enumerate(panels)])
+
+    def rdms(self) -> list[dict[str, Any]]:
+        if "brain_rdms" not in self.tables():
+            return []
+        con = self.connect()
+        try:
+            rows = [dict(r) for r in con.execute("SELECT * FROM brain_rdms ORDER BY position")]
+        finally:
+            con.close()
+        for r in rows:
+            r["vector"] = json.loads(r["vector"])
+        return rows

@@ -1,0 +1,648 @@
+"""Grid sweeps: rules x models x datasets x seeds, resumable, local processes or Ray.
+
+The sweep file (TOML) names a grid and the settings of each cell; `load_sweep` validates it
+and `expand` turns it into one `RunConfig` per cell. Every cell is identified by
+`RunConfig.key()`, and a cell whose key is already recorded in the store (done or diverged)
+is skipped, so an interrupted sweep restarted with the same file resumes where it stopped.
+
+Why resuming loses and duplicates nothing: a run's row (and its epochs) is written in one
+transaction when the run ends, and only by the driver process; a run killed half-way
+leaves no row and is run again from the start. Checkpoints are written (atomically) before
+the row, so a recorded row always has its checkpoint.
+
+Presets (`--preset quick|paper|extended`) are `presets/*.toml` inside this package, so they
+are found in a non-editable install too; the repository's `configs/*.toml` are copies of
+them (a test checks they are identical). The file format is described in quick.toml.
+
+Three ways to run the pending cells, all returning rows to the driver which alone writes:
+- `run_sequential`: in this process (datasets loaded once and kept).
+- `run_pool`: N local worker processes (forked on Linux, else spawned; each keeps its
+  datasets). A worker that
+  dies (OOM, kill) breaks the pool: the pool is rebuilt and the unfinished cells resubmitted
+  (up to `max_retries` times each).
+- `run_ray`: one Ray task per cell with `num_cpus`/`num_gpus`; Ray retries a task whose
+  worker died (`max_retries`); the task returns the row and the checkpoint's bytes, and the
+  driver writes both (so workers on other machines need no shared disk).
+"""
+
+from __future__ import annotations
+
+import collections
+import copy
+import ctypes
+import os
+import signal
+import time
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from pydantic import ValidationError
+
+from ..config import RunConfig
+
+__all__ = [
+    "SweepError", "Sweep", "Cell", "Skipped", "load_sweep", "parse_sweep", "preset_path", "PRESETS",
+    "expand", "dataset_available", "run_sequential", "run_pool", "run_ray", "get_data",
+]
+
+PRESETS = ("quick", "paper", "extended")
+
+TOP_KEYS = {"description", "grid", "defaults", "rules", "models", "datasets", "sweep"}
+GRID_KEYS = {"rules", "models", "datasets", "seeds"}
+SWEEP_KEYS = {"jobs", "threads", "brain_boot", "brain_untrained_seeds"}
+# RunConfig fields a sweep file may set; rule/model/data/seed come from the grid and the
+# device from the command line (the same file must run on a laptop and a GPU cluster).
+CELL_FIELDS = set(RunConfig.model_fields) - {"rule", "model", "data", "seed", "device"}
+
+
+class SweepError(ValueError):
+    """A sweep file is wrong; the message names the file and the key."""
+
+
+@dataclass
+class Sweep:
+    path: str
+    description: str
+    rules: list[str]
+    models: list[str]
+    datasets: list[str]
+    seeds: list[int]
+    defaults: dict[str, Any]
+    rule_overrides: dict[str, dict[str, Any]]
+    model_overrides: dict[str, dict[str, Any]]
+    dataset_overrides: dict[str, dict[str, Any]]
+    jobs: int | None = None
+    threads: int | None = None
+    brain_boot: int | None = None  # bootstrap resamples of the brain comparison
+    brain_untrained_seeds: int | None = None  # seeds of each run's untrained baseline
+    notes: list[str] = field(default_factory=list)  # e.g. overrides for rules not registered
+
+
+@dataclass(frozen=True)
+class Cell:
+    cfg: RunConfig
+
+    @property
+    def id(self) -> str:
+        return self.cfg.key()
+
+    @property
+    def label(self) -> str:
+        c = self.cfg
+        return f"{c.rule}/{c.model}/{c.data}/s{c.seed}"
+
+
+@dataclass(frozen=True)
+class Skipped:
+    rule: str
+    model: str
+    data: str
+    reason: str
+
+
+# -- the sweep file ---------------------------------------------------------------------------
+def preset_path(name: str) -> Path:
+    """The TOML file of a preset shipped inside the package."""
+    if name not in PRESETS:
+        raise SweepError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
+    return Path(str(resources.files("bioplausible.experiments") / "presets" / f"{name}.toml"))
+
+
+def load_sweep(path: str | Path) -> Sweep:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise SweepError(f"cannot read sweep file {path}: {e.strerror or e}") from None
+    return parse_sweep(text, str(path))
+
+
+def _type_name(v: Any) -> str:
+    return {str: "a string", int: "an integer", float: "a number", bool: "a boolean", list: "a list",
+            dict: "a table"}.get(type(v), type(v).__name__)
+
+
+def _check_keys(src: str, where: str, table: Any, allowed: set[str]) -> dict:
+    if not isinstance(table, dict):
+        raise SweepError(f"{src}: [{where}] must be a table, got {_type_name(table)}")
+    bad = sorted(set(table) - allowed)
+    if bad:
+        raise SweepError(f"{src}: unknown key {where + '.' if where else ''}{bad[0]} "
+                         f"(allowed here: {', '.join(sorted(allowed))})")
+    return table
+
+
+def _str_list(src: str, key: str, v: Any, known: Iterable[str], what: str) -> list[str]:
+    if isinstance(v, str):
+        v = [v]
+    if not isinstance(v, list) or not v or not all(isinstance(s, str) for s in v):
+        raise SweepError(f"{src}: {key} must be a non-empty list of {what} names")
+    known = list(known)
+    for s in v:
+        if s not in known:
+            raise SweepError(f"{src}: {key}: unknown {what} {s!r}; known: {', '.join(known)}")
+    if len(set(v)) != len(v):
+        raise SweepError(f"{src}: {key} lists a {what} twice")
+    return list(v)
+
+
+def _check_fields(src: str, where: str, table: dict[str, Any], rule: str, extra: set[str] = frozenset()) -> dict:
+    """Check a table of RunConfig settings: known keys, and types as RunConfig checks them."""
+    _check_keys(src, where, table, CELL_FIELDS | extra)
+    fields = {k: v for k, v in table.items() if k in CELL_FIELDS}
+    if "rule_options" in fields and not isinstance(fields["rule_options"], dict):
+        raise SweepError(f"{src}: {where}.rule_options must be a table, got {_type_name(fields['rule_options'])}")
+    try:
+        RunConfig(rule=rule, **fields)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        raise SweepError(f"{src}: {where}.{loc}: {err['msg']} (got {err.get('input')!r})") from None
+    return dict(table)
+
+
+def _check_rule_options(src: str, where: str, rule: str, opts: dict[str, Any]) -> None:
+    from ..algorithms import get
+
+    try:
+        get(rule).Options(**opts)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        raise SweepError(f"{src}: {where}.rule_options.{loc}: {err['msg']} (rule {rule!r})") from None
+
+
+def parse_sweep(text: str, src: str = "<sweep>") -> Sweep:
+    """Parse and validate a sweep file's text. Errors name `src` and the offending key."""
+    from ..algorithms import RULES
+    from ..algorithms import get as get_rule
+    from ..data import DATASETS
+    from ..models import ARCHITECTURES
+
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise SweepError(f"{src}: not valid TOML: {e}") from None
+    _check_keys(src, "", doc, TOP_KEYS)
+    if "grid" not in doc:
+        raise SweepError(f"{src}: missing [grid] table (with rules, models, datasets, seeds)")
+    grid = _check_keys(src, "grid", doc["grid"], GRID_KEYS)
+    if "rules" not in grid:
+        raise SweepError(f"{src}: grid.rules is missing (a list of rules, or \"all\")")
+    any_rule = RULES[0]
+    notes: list[str] = []
+
+    if grid["rules"] == "all":
+        rules = list(RULES)
+    else:
+        rules = _str_list(src, "grid.rules", grid["rules"], RULES, "rule")
+    models = _str_list(src, "grid.models", grid.get("models", ["mlp"]), ARCHITECTURES, "model")
+    datasets = _str_list(src, "grid.datasets", grid.get("datasets", ["digits"]), DATASETS, "dataset")
+    seeds_v = grid.get("seeds", [0])
+    if isinstance(seeds_v, int) and not isinstance(seeds_v, bool):
+        if seeds_v < 1:
+            raise SweepError(f"{src}: grid.seeds as a number means seeds 0..n-1 and must be >= 1, got {seeds_v}")
+        seeds = list(range(seeds_v))
+    elif isinstance(seeds_v, list) and seeds_v and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds_v):
+        if len(set(seeds_v)) != len(seeds_v):
+            raise SweepError(f"{src}: grid.seeds lists a seed twice")
+        seeds = list(seeds_v)
+    else:
+        raise SweepError(f"{src}: grid.seeds must be a number n (seeds 0..n-1) or a non-empty list of "
+                         f"non-negative integers, got {seeds_v!r}")
+
+    defaults = _check_fields(src, "defaults", doc.get("defaults", {}), any_rule)
+    if defaults.get("rule_options"):
+        raise SweepError(f"{src}: defaults.rule_options: rule options belong in [rules.NAME] tables "
+                         "(each rule has its own options)")
+
+    model_over = {}
+    for m, t in _check_keys(src, "models", doc.get("models", {}), set(ARCHITECTURES)).items():
+        model_over[m] = _check_fields(src, f"models.{m}", t, any_rule)
+        if model_over[m].get("rule_options"):
+            raise SweepError(f"{src}: models.{m}.rule_options: set rule options in [rules.NAME.models.{m}]")
+    data_over = {}
+    for d, t in _check_keys(src, "datasets", doc.get("datasets", {}), set(DATASETS)).items():
+        data_over[d] = _check_fields(src, f"datasets.{d}", t, any_rule)
+        if data_over[d].get("rule_options"):
+            raise SweepError(f"{src}: datasets.{d}.rule_options: set rule options in [rules.NAME.datasets.{d}]")
+
+    rule_over: dict[str, dict[str, Any]] = {}
+    rtables = doc.get("rules", {})
+    if not isinstance(rtables, dict):
+        raise SweepError(f"{src}: [rules] must be a table of [rules.NAME] tables")
+    for r, t in rtables.items():
+        if r not in RULES:
+            if grid["rules"] == "all":
+                # The presets carry settings for rules that may not be registered in this
+                # version; with "all" they are simply not in the grid.
+                notes.append(f"{src}: [rules.{r}] ignored: rule {r!r} is not registered")
+                continue
+            raise SweepError(f"{src}: [rules.{r}]: unknown rule {r!r}; known: {', '.join(RULES)}")
+        where = f"rules.{r}"
+        try:
+            get_rule(r)
+        except Exception as e:
+            notes.append(f"{src}: [rules.{r}] not checked: rule {r!r} cannot be loaded ({type(e).__name__}: {e})")
+            rule_over[r] = dict(t)
+            continue
+        t = _check_fields(src, where, t, r, extra={"models", "datasets"})
+        for sub, known in (("models", ARCHITECTURES), ("datasets", DATASETS)):
+            subt = _check_keys(src, f"{where}.{sub}", t.get(sub, {}), set(known))
+            for name, st in subt.items():
+                _check_fields(src, f"{where}.{sub}.{name}", st, r)
+        # rule options checked for every combination the file can produce
+        base_opts = t.get("rule_options", {})
+        _check_rule_options(src, where, r, base_opts)
+        for sub in ("models", "datasets"):
+            for name, st in t.get(sub, {}).items():
+                _check_rule_options(src, f"{where}.{sub}.{name}", r, {**base_opts, **st.get("rule_options", {})})
+        rule_over[r] = t
+
+    sweep_t = _check_keys(src, "sweep", doc.get("sweep", {}), SWEEP_KEYS)
+    for k in ("jobs", "threads", "brain_boot", "brain_untrained_seeds"):
+        v = sweep_t.get(k)
+        low = 0 if k.startswith("brain") else 1
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < low):
+            raise SweepError(f"{src}: sweep.{k} must be a {'non-negative' if low == 0 else 'positive'} "
+                             f"integer, got {v!r}")
+    desc = doc.get("description", "")
+    if not isinstance(desc, str):
+        raise SweepError(f"{src}: description must be a string")
+    return Sweep(src, desc, rules, models, datasets, seeds, defaults, rule_over, model_over, data_over,
+                 sweep_t.get("jobs"), sweep_t.get("threads"), sweep_t.get("brain_boot"),
+                 sweep_t.get("brain_untrained_seeds"), notes)
+
+
+def restrict(sw: Sweep, rules=None, models=None, datasets=None, seeds=None) -> Sweep:
+    """A sub-grid (command-line filters); every value must be in the file's grid."""
+    sw = copy.deepcopy(sw)
+    for attr, want in (("rules", rules), ("models", models), ("datasets", datasets), ("seeds", seeds)):
+        if not want:
+            continue
+        have = getattr(sw, attr)
+        bad = [w for w in want if w not in have]
+        if bad:
+            raise SweepError(f"--{attr} {','.join(map(str, bad))}: not in the grid of {sw.path} "
+                             f"({attr}: {', '.join(map(str, have))})")
+        setattr(sw, attr, [h for h in have if h in want])
+    return sw
+
+
+# -- the grid ----------------------------------------------------------------------------------
+def cell_settings(sw: Sweep, rule: str, model: str, data: str) -> dict[str, Any]:
+    """Settings of one cell. Later wins: defaults, [datasets.D], [models.M], [rules.R],
+    [rules.R.datasets.D], [rules.R.models.M]; rule_options tables are merged key by key."""
+    out: dict[str, Any] = {}
+    opts: dict[str, Any] = {}
+    rt = sw.rule_overrides.get(rule, {})
+    for t in (sw.defaults, sw.dataset_overrides.get(data, {}), sw.model_overrides.get(model, {}), rt,
+              rt.get("datasets", {}).get(data, {}), rt.get("models", {}).get(model, {})):
+        for k, v in t.items():
+            if k in ("models", "datasets"):
+                continue
+            if k == "rule_options":
+                opts.update(v)
+            else:
+                out[k] = v
+    out["rule_options"] = opts
+    # A setting of the other architecture would only change the run's key, not the run.
+    out.pop("channels" if model == "mlp" else "widths", None)
+    return out
+
+
+def dataset_available(name: str, data_dir: str | None = None) -> bool:
+    from ..data import DATASETS, dataset_dir
+
+    info = DATASETS[name]
+    if info.bundled:
+        return True
+    return Path(data_dir).exists() if data_dir else dataset_dir(name).exists()
+
+
+def expand(sw: Sweep, device: str = "auto") -> tuple[list[Cell], list[Skipped]]:
+    """All cells of the grid (ordered by dataset, model, rule, seed so that a process meets
+    each dataset in one stretch) and the combinations skipped, with the reason."""
+    from ..algorithms import get
+
+    cells: list[Cell] = []
+    skipped: list[Skipped] = []
+    for data in sw.datasets:
+        for model in sw.models:
+            for rule in sw.rules:
+                try:
+                    archs = get(rule).architectures
+                except Exception as e:  # a registered rule whose module is broken or not there yet
+                    skipped.append(Skipped(rule, model, data, f"rule {rule} cannot be loaded: {type(e).__name__}: {e}"))
+                    continue
+                if model not in archs:
+                    skipped.append(Skipped(rule, model, data, f"rule {rule} supports {', '.join(archs)} only"))
+                    continue
+                s = cell_settings(sw, rule, model, data)
+                if not dataset_available(data, s.get("data_dir")):
+                    skipped.append(Skipped(rule, model, data, f"dataset {data} is not on disk"))
+                    continue
+                for seed in sw.seeds:
+                    cells.append(Cell(RunConfig(rule=rule, model=model, data=data, seed=seed, device=device, **s)))
+    return cells, skipped
+
+
+# -- data, once per process --------------------------------------------------------------------
+_DATA: "collections.OrderedDict[tuple, Any]" = collections.OrderedDict()
+_DATA_KEEP = 2  # datasets kept in memory per process (the grid is ordered by dataset)
+
+
+def get_data(cfg: RunConfig):
+    from ..data import load
+
+    key = (cfg.data, cfg.data_dir, cfg.val_fraction)
+    if key in _DATA:
+        _DATA.move_to_end(key)
+        return _DATA[key]
+    ds = load(cfg.data, cfg.data_dir, cfg.val_fraction)
+    _DATA[key] = ds
+    while len(_DATA) > _DATA_KEEP:
+        _DATA.popitem(last=False)
+    return ds
+
+
+def _steps_per_epoch(ds, cfg: RunConfig) -> int:
+    return (len(ds.x_train) + cfg.batch_size - 1) // cfg.batch_size
+
+
+def _execute(cfg: RunConfig, checkpoint_dir: Path | None, progress: Callable[[dict], None] | None = None) -> dict:
+    """Load (cached) data and run `execute`; a data error becomes a failed row like any other."""
+    from ..data import DataError
+    from .runner import execute
+
+    err: Exception | None = None
+    try:
+        ds = get_data(cfg)
+    except DataError as e:
+        ds, err = None, e
+    if ds is None:
+        from .runner import _now, git_commit, versions
+
+        return {"id": cfg.key(), "rule": cfg.rule, "model": cfg.model, "data": cfg.data, "seed": cfg.seed,
+                "config": cfg.model_dump(mode="json"), "versions": versions(), "git_commit": git_commit(),
+                "started": _now(), "finished": _now(), "status": "failed", "reason": f"DataError: {err}",
+                "metrics": {}, "wall_time": 0.0, "_epochs": []}
+    steps = _steps_per_epoch(ds, cfg)
+    on_step = on_epoch = None
+    if progress is not None:
+        progress({"event": "start", "id": cfg.key(), "epochs": cfg.epochs, "steps": steps})
+        last = [0.0]
+
+        def on_step(s):
+            now = time.monotonic()
+            if now - last[0] > 0.2 or s["step"] + 1 == steps:
+                last[0] = now
+                progress({"event": "step", "id": cfg.key(), "epoch": s["epoch"], "step": s["step"] + 1})
+
+        def on_epoch(r):
+            progress({"event": "epoch", "id": cfg.key(), "epoch": r["epoch"], "test_acc": r["test_acc"]})
+    return execute(cfg, data=ds, on_step=on_step, on_epoch=on_epoch, checkpoint_dir=checkpoint_dir)
+
+
+# -- running -----------------------------------------------------------------------------------
+OnEvent = Callable[[dict], None]
+
+
+def _noop(_: dict) -> None:
+    pass
+
+
+def _record(store, row: dict) -> dict:
+    epochs = row.pop("_epochs")
+    store.record(row, epochs)
+    return row
+
+
+def run_sequential(cells: list[Cell], store, on_event: OnEvent = _noop, threads: int | None = None) -> list[dict]:
+    """Run cells one after the other in this process; returns the rows recorded."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    ckpt_dir = store.path.parent / "checkpoints"
+    rows = []
+    for cell in cells:
+        if store.has(cell.id):  # another process may have finished it meanwhile
+            continue
+        on_event({"event": "submit", "id": cell.id, "label": cell.label})
+        row = _record(store, _execute(cell.cfg, ckpt_dir, on_event))
+        on_event({"event": "result", "id": cell.id, "label": cell.label, "row": row})
+        rows.append(row)
+    return rows
+
+
+# Local worker processes ------------------------------------------------------------------------
+_QUEUE = None
+
+
+def _die_with_parent() -> None:
+    """Linux: have the kernel kill this worker when the driver dies (kill -9 included), so
+    an interrupted sweep leaves no orphan training runs behind."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _pool_init(queue, threads: int) -> None:
+    global _QUEUE
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
+    import torch
+
+    torch.set_num_threads(max(1, threads))
+    _QUEUE = queue
+
+
+def _pool_progress(msg: dict) -> None:
+    if _QUEUE is not None:
+        try:
+            _QUEUE.put_nowait(msg)
+        except Exception:  # progress is best effort; never fail a run for it
+            pass
+
+
+def _kill_pool(pool) -> None:
+    for p in list((getattr(pool, "_processes", None) or {}).values()):
+        try:
+            if p.is_alive():
+                p.kill()
+        except Exception:
+            pass
+    pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _pool_task(cfg_json: dict, checkpoint_dir: str) -> dict:
+    return _execute(RunConfig(**cfg_json), Path(checkpoint_dir), _pool_progress)
+
+
+def _start_method() -> str:
+    """fork where it is safe (Linux, CUDA not initialised in the driver): workers start in
+    milliseconds instead of importing torch again; spawn otherwise."""
+    import sys
+
+    import torch
+
+    if sys.platform.startswith("linux") and not torch.cuda.is_initialized():
+        return "fork"
+    return "spawn"
+
+
+def run_pool(cells: list[Cell], store, jobs: int, on_event: OnEvent = _noop, threads: int | None = None,
+             max_retries: int = 2) -> list[dict]:
+    """Run cells in `jobs` worker processes; the driver records each row as it comes."""
+    import multiprocessing as mp
+    import queue as queue_mod
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
+
+    ctx = mp.get_context(_start_method())
+    threads = threads or max(1, (os.cpu_count() or 1) // jobs)
+    ckpt_dir = str(store.path.parent / "checkpoints")
+    todo = collections.deque(c for c in cells if not store.has(c.id))
+    attempts: dict[str, int] = collections.Counter()
+    rows: list[dict] = []
+    q = ctx.Queue()
+
+    def drain():
+        while True:
+            try:
+                on_event(q.get_nowait())
+            except (queue_mod.Empty, EOFError, OSError):
+                return
+
+    while todo:
+        pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_pool_init, initargs=(q, threads))
+        futures = {}
+        broken = False
+        try:
+            def submit():
+                while todo and len(futures) < jobs * 2:
+                    cell = todo.popleft()
+                    futures[pool.submit(_pool_task, cell.cfg.model_dump(mode="json"), ckpt_dir)] = cell
+                    on_event({"event": "submit", "id": cell.id, "label": cell.label})
+
+            submit()
+            while futures:
+                done, _ = wait(list(futures), timeout=0.25, return_when=FIRST_COMPLETED)
+                drain()
+                for fut in done:
+                    cell = futures.pop(fut)
+                    try:
+                        row = fut.result()
+                    except BrokenProcessPool:
+                        broken = True
+                        attempts[cell.id] += 1
+                        if attempts[cell.id] <= max_retries:
+                            todo.appendleft(cell)
+                            on_event({"event": "retry", "id": cell.id, "label": cell.label,
+                                      "reason": "a worker process died"})
+                        else:
+                            on_event({"event": "lost", "id": cell.id, "label": cell.label,
+                                      "reason": f"worker died {attempts[cell.id]} times"})
+                        continue
+                    rows.append(_record(store, row))
+                    on_event({"event": "result", "id": cell.id, "label": cell.label, "row": row})
+                if broken:
+                    # the other in-flight futures fail the same way; collect them above
+                    continue
+                submit()
+        except BaseException:
+            _kill_pool(pool)  # Ctrl-C: do not wait for the running cells to finish
+            raise
+        if broken:
+            _kill_pool(pool)
+        pool.shutdown(wait=True, cancel_futures=True)
+    drain()
+    return rows
+
+
+# Ray -------------------------------------------------------------------------------------------
+def _ray_task(cfg_json: dict, threads: int) -> tuple[dict, bytes | None]:
+    """Run one cell on a Ray worker; return the row and the checkpoint's bytes (the
+    driver writes both: the store and the checkpoints live where the driver is)."""
+    import tempfile
+
+    import torch
+
+    torch.set_num_threads(max(1, threads))
+    with tempfile.TemporaryDirectory(prefix="bioplausible-ray-") as tmp:
+        row = _execute(RunConfig(**cfg_json), Path(tmp))
+        blob = None
+        if row.get("checkpoint"):
+            blob = Path(row["checkpoint"]).read_bytes()
+    return row, blob
+
+
+def run_ray(cells: list[Cell], store, address: str = "local", on_event: OnEvent = _noop,
+            cpus_per_run: float = 1, gpus_per_run: float = 0, max_retries: int = 3,
+            num_cpus: int | None = None, task: Callable | None = None) -> list[dict]:
+    """Run cells as Ray tasks. `address` is a cluster address ('auto', 'ray://host:10001')
+    or 'local' to start a private Ray instance here. `task` replaces the task function
+    (tests use it to kill a worker once and watch the retry)."""
+    import ray
+
+    started = False
+    if not ray.is_initialized():
+        if address == "local":
+            ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False,
+                     configure_logging=False)
+        else:
+            ray.init(address=address, log_to_driver=False)  # an existing cluster: its own settings
+        started = True
+    ckpt_dir = store.path.parent / "checkpoints"
+    remote = ray.remote(num_cpus=cpus_per_run, num_gpus=gpus_per_run, max_retries=max_retries)(task or _ray_task)
+    threads = max(1, int(cpus_per_run))
+    rows: list[dict] = []
+    refs: dict[Any, Cell] = {}
+    try:
+        for cell in cells:
+            if store.has(cell.id):
+                continue
+            cfg = cell.cfg
+            if gpus_per_run > 0 and cfg.device == "auto":
+                cfg = cfg.model_copy(update={"device": "cuda"})
+            refs[remote.remote(cfg.model_dump(mode="json"), threads)] = cell
+            on_event({"event": "submit", "id": cell.id, "label": cell.label})
+        while refs:
+            done, _ = ray.wait(list(refs), num_returns=1, timeout=0.5)
+            for ref in done:
+                cell = refs.pop(ref)
+                try:
+                    row, blob = ray.get(ref)
+                except (ray.exceptions.RayError,) as e:
+                    # retries used up (or the cluster lost it): no row, the next compare re-runs it
+                    on_event({"event": "lost", "id": cell.id, "label": cell.label,
+                              "reason": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"})
+                    continue
+                if blob is not None:
+                    path = ckpt_dir / f"{cell.id}.pt"
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    tmp = path.with_suffix(f".pt.tmp{os.getpid()}")
+                    tmp.write_bytes(blob)
+                    os.replace(tmp, path)
+                    row["checkpoint"] = str(path)
+                else:
+                    row["checkpoint"] = None
+                rows.append(_record(store, row))
+                on_event({"event": "result", "id": cell.id, "label": cell.label, "row": row})
+    except BaseException:
+        for ref in refs:
+            try:
+                ray.cancel(ref, force=True)
+            except Exception:
+                pass
+        raise
+    finally:
+        if started:
+            ray.shutdown()
+    return rows

@@ -1,0 +1,429 @@
+"""Tables of the report, computed from store rows only: the accuracy table (rule x dataset x
+architecture, mean ± sd over seeds, best per column marked), the criteria matrix, the
+brain-similarity table and a run-status table; each rendered as Markdown, LaTeX, CSV, HTML.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import json
+import math
+import statistics
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+DATA_ORDER = ["digits", "mnist5k", "mnist", "fashion-mnist", "kmnist", "svhn", "cifar10", "cifar100"]
+MODEL_ORDER = ["mlp", "cnn"]
+DATA_NAMES = {"digits": "Digits", "mnist5k": "MNIST-5k", "mnist": "MNIST", "fashion-mnist": "Fashion-MNIST",
+              "kmnist": "KMNIST", "svhn": "SVHN", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
+MODEL_NAMES = {"mlp": "MLP", "cnn": "CNN"}
+# settings that do not make two runs different experiments (beside the seed)
+NON_IDENTITY = {"seed", "device", "eval_batch_size", "data_dir"}
+
+
+def _order(values: Iterable[str], canon: list[str]) -> list[str]:
+    vs = set(values)
+    return [v for v in canon if v in vs] + sorted(vs - set(canon))
+
+
+def rule_order(rules: Iterable[str]) -> list[str]:
+    """Backprop first (the baseline), then the others alphabetically."""
+    rs = set(rules)
+    return (["bp"] if "bp" in rs else []) + sorted(rs - {"bp"})
+
+
+def column_name(data: str, model: str) -> str:
+    return f"{DATA_NAMES.get(data, data)} {MODEL_NAMES.get(model, model)}"
+
+
+def variant(run: dict[str, Any]) -> str:
+    """The run's settings without the seed: runs of one variant are repeats of one experiment."""
+    cfg = {k: v for k, v in (run.get("config") or {}).items() if k not in NON_IDENTITY}
+    return json.dumps(cfg, sort_keys=True)
+
+
+def choose_variants(runs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+    """Keep one variant per (rule, model, data): a store may hold the same cell run with
+    different settings (e.g. the quick and the paper sweep). Mean and sd are only meaningful
+    over repeats of one experiment, so the variant with the most runs (then the most recent)
+    is kept, and a note says so."""
+    groups: dict[tuple, dict[str, list]] = {}
+    for r in runs:
+        groups.setdefault((r["rule"], r["model"], r["data"]), {}).setdefault(variant(r), []).append(r)
+    kept, notes = [], []
+    for (rule, model, data), vs in sorted(groups.items()):
+        best = max(vs.values(), key=lambda rs: (len(rs), max(r.get("finished") or "" for r in rs)))
+        kept.extend(best)
+        if len(vs) > 1:
+            notes.append(f"{rule} on {model}/{data}: {len(vs)} different settings in the store; "
+                         f"the table uses the one with {len(best)} run(s) (select runs with --runs to choose)")
+    return kept, notes
+
+
+@dataclass
+class Stat:
+    values: list[float] = field(default_factory=list)
+    n_diverged: int = 0
+    n_failed: int = 0
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def mean(self) -> float | None:
+        return statistics.fmean(self.values) if self.values else None
+
+    @property
+    def sd(self) -> float | None:
+        # sample standard deviation over seeds (n - 1); undefined for one seed
+        return statistics.stdev(self.values) if len(self.values) > 1 else None
+
+
+@dataclass
+class AccuracyTable:
+    metric: str
+    rules: list[str]
+    columns: list[tuple[str, str]]  # (data, model)
+    cells: dict[tuple[str, tuple[str, str]], Stat]
+    best: set[tuple[str, tuple[str, str]]]
+
+    def text(self, rule: str, col: tuple[str, str], pct: bool = True) -> str:
+        st = self.cells.get((rule, col))
+        if st is None:
+            return "–"
+        if st.n == 0:
+            return "diverged" if st.n_diverged else "failed"
+        k = 100.0 if pct else 1.0
+        s = f"{st.mean * k:.2f}"
+        if st.sd is not None:
+            s += f" ± {st.sd * k:.2f}"
+        bad = st.n_diverged + st.n_failed
+        if bad:
+            s += f" ({bad}/{st.n + bad} div./failed)"
+        return s
+
+
+def accuracy_table(runs: list[dict[str, Any]], metric: str = "test_acc") -> AccuracyTable:
+    cells: dict[tuple[str, tuple[str, str]], Stat] = {}
+    for r in runs:
+        col = (r["data"], r["model"])
+        st = cells.setdefault((r["rule"], col), Stat())
+        if r["status"] == "done" and isinstance((r.get("metrics") or {}).get(metric), (int, float)) \
+                and math.isfinite(r["metrics"][metric]):
+            st.values.append(float(r["metrics"][metric]))
+        elif r["status"] == "diverged":
+            st.n_diverged += 1
+        else:
+            st.n_failed += 1
+    datas = _order({c[0] for _, c in cells}, DATA_ORDER)
+    models = _order({c[1] for _, c in cells}, MODEL_ORDER)
+    columns = [(d, m) for d in datas for m in models if any(c == (d, m) for _, c in cells)]
+    rules = rule_order({r for r, _ in cells})
+    best: set = set()
+    for col in columns:
+        # marked on the mean rounded as printed, so ties in the table are marked alike
+        means = {r: round(cells[(r, col)].mean * 100, 2) for r in rules
+                 if (r, col) in cells and cells[(r, col)].mean is not None}
+        if means:
+            top = max(means.values())
+            best |= {(r, col) for r, m in means.items() if m == top}
+    return AccuracyTable(metric, rules, columns, cells, best)
+
+
+# -- renderers -----------------------------------------------------------------------------------
+def _md_escape(s: str) -> str:
+    return str(s).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown(header: list[str], rows: list[list[str]]) -> str:
+    out = ["| " + " | ".join(_md_escape(h) for h in header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(_md_escape(c) for c in row) + " |" for row in rows]
+    return "\n".join(out) + "\n"
+
+
+_TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+        "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def tex_escape(s: str) -> str:
+    return "".join(_TEX.get(ch, ch) for ch in str(s))
+
+
+def csv_text(header: list[str], rows: list[list[Any]]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def html_table(header: list[str], rows: list[list[str]], bold: set[tuple[int, int]] = frozenset(),
+               cls: str = "", caption: str = "") -> str:
+    h = [f'<table class="{cls}">' if cls else "<table>"]
+    if caption:
+        h.append(f"<caption>{html.escape(caption)}</caption>")
+    h.append("<thead><tr>" + "".join(f"<th>{html.escape(str(c))}</th>" for c in header) + "</tr></thead><tbody>")
+    for i, row in enumerate(rows):
+        tds = []
+        for j, c in enumerate(row):
+            txt = html.escape(str(c))
+            tds.append(f'<td class="best"><strong>{txt}</strong></td>' if (i, j) in bold else f"<td>{txt}</td>")
+        h.append("<tr>" + "".join(tds) + "</tr>")
+    h.append("</tbody></table>")
+    return "".join(h)
+
+
+def accuracy_markdown(t: AccuracyTable) -> str:
+    header = ["rule"] + [column_name(*c) for c in t.columns]
+    rows = [[r] + [(f"**{t.text(r, c)}**" if (r, c) in t.best else t.text(r, c)) for c in t.columns] for r in t.rules]
+    return markdown(header, rows)
+
+
+def accuracy_latex(t: AccuracyTable) -> str:
+    datas: list[tuple[str, int]] = []
+    for d, _ in t.columns:
+        if datas and datas[-1][0] == d:
+            datas[-1] = (d, datas[-1][1] + 1)
+        else:
+            datas.append((d, 1))
+    lines = [
+        "% generated by `bioplausible report` from the results store; needs \\usepackage{booktabs}",
+        r"\begin{tabular}{l" + "c" * len(t.columns) + "}",
+        r"\toprule",
+        " & ".join(["Rule"] + [rf"\multicolumn{{{n}}}{{c}}{{{tex_escape(DATA_NAMES.get(d, d))}}}" for d, n in datas]) + r" \\",
+    ]
+    start = 2
+    rules_mid = []
+    for d, n in datas:
+        rules_mid.append(rf"\cmidrule(lr){{{start}-{start + n - 1}}}")
+        start += n
+    lines.append(" ".join(rules_mid))
+    lines.append(" & ".join([""] + [tex_escape(MODEL_NAMES.get(m, m)) for _, m in t.columns]) + r" \\")
+    lines.append(r"\midrule")
+    for r in t.rules:
+        cells = []
+        for c in t.columns:
+            s = tex_escape(t.text(r, c)).replace("±", r"$\pm$").replace("–", "--")
+            cells.append(rf"\textbf{{{s}}}" if (r, c) in t.best else s)
+        lines.append(" & ".join([tex_escape(r)] + cells) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}", ""]
+    return "\n".join(lines)
+
+
+def accuracy_csv(t: AccuracyTable) -> str:
+    header = ["rule", "data", "model", "metric", "n_seeds", "mean", "sd", "best", "n_diverged", "n_failed", "values"]
+    rows = []
+    for r in t.rules:
+        for c in t.columns:
+            st = t.cells.get((r, c))
+            if st is None:
+                continue
+            rows.append([r, c[0], c[1], t.metric, st.n, "" if st.mean is None else repr(st.mean),
+                         "" if st.sd is None else repr(st.sd), int((r, c) in t.best), st.n_diverged, st.n_failed,
+                         " ".join(repr(v) for v in st.values)])
+    return csv_text(header, rows)
+
+
+def accuracy_html(t: AccuracyTable) -> str:
+    header = ["rule"] + [column_name(*c) for c in t.columns]
+    rows = [[r] + [t.text(r, c) for c in t.columns] for r in t.rules]
+    bold = {(i, j + 1) for i, r in enumerate(t.rules) for j, c in enumerate(t.columns) if (r, c) in t.best}
+    return html_table(header, rows, bold, cls="accuracy")
+
+
+# -- generic tables (criteria matrix, brain results) ---------------------------------------------
+def _cell_text(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.3f}" if math.isfinite(v) else str(v)
+    if isinstance(v, (dict, list)):
+        return json.dumps(v, sort_keys=True)
+    return str(v)
+
+
+def generic(rows: list[dict[str, Any]], columns: list[str] | None = None) -> tuple[list[str], list[list[str]]]:
+    if columns is None:
+        columns = []
+        for r in rows:
+            columns += [k for k in r if k not in columns]
+    return columns, [[_cell_text(r.get(c)) for c in columns] for r in rows]
+
+
+def status_table(runs: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """Runs per (rule, model, data): done / diverged / failed, mean seconds per epoch."""
+    groups: dict[tuple, list] = {}
+    for r in runs:
+        groups.setdefault((r["rule"], r["model"], r["data"]), []).append(r)
+    header = ["rule", "model", "data", "runs", "done", "diverged", "failed", "s/epoch", "samples/s", "epochs"]
+    rows = []
+    order = rule_order(k[0] for k in groups)
+    for (rule, model, data) in sorted(groups, key=lambda k: (order.index(k[0]), k[1], k[2])):
+        rs = groups[(rule, model, data)]
+        done = [r for r in rs if r["status"] == "done"]
+        et = [r["epoch_time"] for r in done if r.get("epoch_time")]
+        sp = [r["samples_per_s"] for r in done if r.get("samples_per_s")]
+        eps = sorted({str((r.get("config") or {}).get("epochs")) for r in rs})
+        rows.append([rule, model, data, str(len(rs)), str(len(done)),
+                     str(sum(r["status"] == "diverged" for r in rs)), str(sum(r["status"] == "failed" for r in rs)),
+                     f"{statistics.fmean(et):.2f}" if et else "", f"{statistics.fmean(sp):.0f}" if sp else "",
+                     ",".join(eps)])
+    return header, rows
+
+
+# -- brain comparison results --------------------------------------------------------------------
+def _num(v: Any, nd: int = 3) -> str:
+    return f"{v:.{nd}f}" if isinstance(v, (int, float)) and math.isfinite(v) else "–"
+
+
+def read_brain(store, run_ids: list[str] | None = None) -> dict[str, Any] | None:
+    """The latest brain analysis in the store (tables `brain_summary`, `brain_ceiling` of
+    `bioplausible.brain.store`, and `brain_rdms` written by `compare`):
+    {columns, rows, targets: {target: {bars, ceiling}}, rdms, notes}; None when absent."""
+    tables = set(store.tables())
+    if "brain_summary" not in tables:
+        return None
+    summ = store.query("SELECT * FROM brain_summary ORDER BY recordings, method, distance, target, position")
+    if not summ:
+        return None
+    ceil = {(c["recordings"], c["target"], c["method"]): c for c in store.query("SELECT * FROM brain_ceiling")} \
+        if "brain_ceiling" in tables else {}
+    columns = ["target", "group", "kind", "n", "best layer", "similarity", "95% interval", "noise ceiling",
+               "fraction of ceiling"]
+    rows, targets = [], {}
+    for s in summ:
+        tkey = f"{s['target']} ({s['recordings']}, {s['method']})"
+        lo, hi = s.get("noise_lower"), s.get("noise_upper")
+        rows.append({"target": s["target"], "group": s["grp"], "kind": s["kind"], "n": s["n_members"],
+                     "best layer": s.get("best_layer") or "", "similarity": _num(s.get("score")),
+                     "95% interval": f"[{_num(s.get('ci_low'))}, {_num(s.get('ci_high'))}]",
+                     "noise ceiling": f"[{_num(lo)}, {_num(hi)}]", "fraction of ceiling": _num(s.get("fraction"), 2)})
+        t = targets.setdefault(tkey, {"bars": [], "ceiling": None, "description": ""})
+        t["bars"].append({"label": s["grp"], "kind": s["kind"], "value": s.get("score"),
+                          "lo": s.get("ci_low"), "hi": s.get("ci_high")})
+        if isinstance(lo, (int, float)) and isinstance(hi, (int, float)) and math.isfinite(lo) and math.isfinite(hi):
+            t["ceiling"] = (lo, hi)
+        c = ceil.get((s["recordings"], s["target"], s["method"]))
+        if c:
+            t["description"] = f"{c.get('description') or ''} ({c.get('n_subjects')} subject RDMs)"
+    # the table as printed: one row per group, one column per target (long form in the CSV)
+    tnames = list(dict.fromkeys(s["target"] for s in summ))
+    groups: dict[str, dict[str, Any]] = {}
+    for s in summ:
+        g = groups.setdefault(s["grp"], {"group": s["grp"], "kind": s["kind"], "n": s["n_members"]})
+        g[s["target"]] = f"{_num(s.get('score'))} [{_num(s.get('ci_low'))}, {_num(s.get('ci_high'))}]"
+        ceiling_cell = f"[{_num(s.get('noise_lower'))}, {_num(s.get('noise_upper'))}]"
+        groups.setdefault("\0ceiling", {"group": "noise ceiling", "kind": "", "n": ""})[s["target"]] = ceiling_cell
+    kind_order = {"trained": 0, "untrained": 1, "reference": 2}
+    ceiling_row = groups.pop("\0ceiling")
+    # backprop's groups first (the baseline), as in the accuracy table
+    ordered = sorted(groups.values(), key=lambda g: (kind_order.get(g["kind"], 3),
+                                                     g["group"].removeprefix("untrained ").split(" ")[0] != "bp",
+                                                     g["group"]))
+    pivot_columns = ["group", "kind", "n"] + tnames
+    pivot_rows = [ceiling_row] + ordered
+    meta = summ[0]
+    n_sel = len([x for x in str(meta.get("selection") or "").split(",") if x])
+    notes = [f"Latest brain analysis in the store: {meta['recordings']}, {meta['method']} between RDMs "
+             f"({meta['distance']} distance), best layer chosen on one half of the stimuli and scored on the other, "
+             f"95% bootstrap intervals over stimuli ({meta.get('n_boot')} resamples), created {meta['created']}"
+             + (f", {n_sel} runs" if n_sel else "") + ". Groups: a rule on a model/dataset averaged over seeds; "
+             "'untrained' = the same architecture with random weights (the baseline to beat); 'reference' = the "
+             "data's classic model RDMs. Cells: similarity [95% interval]; n = runs or seeds averaged."]
+    rdms = []
+    if "brain_rdms" in tables:
+        for r in store.rdms():
+            n = int(r["n"])
+            m = [[0.0] * n for _ in range(n)]
+            it = iter(r["vector"])
+            for i in range(n):
+                for j in range(i + 1, n):
+                    m[i][j] = m[j][i] = next(it)
+            rdms.append((r["label"], m))
+    return {"columns": columns, "rows": rows, "pivot_columns": pivot_columns, "pivot_rows": pivot_rows,
+            "targets": targets, "rdms": rdms, "notes": notes}
+
+
+# -- the criteria matrix ---------------------------------------------------------------------------
+SYMBOL = {"yes": "✓", "no": "✗", "partial": "◐"}
+CRITERIA_NAMES = {
+    "c1_no_weight_transport": "C1 no weight transport", "c2_local_error": "C2 local error",
+    "c3_single_phase": "C3 single phase", "c4_spiking": "C4 spiking",
+    "c5_label_free_hidden": "C5 label-free hidden", "c6_unsigned_error": "C6 unsigned error",
+}
+
+
+def cell_verdict(cell: dict[str, Any]) -> str | None:
+    """The verdict a matrix cell stands for: measured by a probe where one decided, else claimed."""
+    if not isinstance(cell, dict) or cell.get("source") == "error":
+        return None
+    v = cell.get("measured") if cell.get("source") == "measured" else cell.get("claim")
+    return v if v in SYMBOL else None
+
+
+def criteria_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]], list[str]]:
+    """(header, body, footnotes) of the stored criteria matrix. Rows as built by
+    `bioplausible.criteria.matrix.build_matrix` ({rule, cells: {criterion: {...}}, paper,
+    flags, error}); other row shapes are shown column by column."""
+    if not rows or not all(isinstance(r.get("cells"), dict) for r in rows):
+        header, body = generic(rows)
+        return header, body, []
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in r["cells"] if k not in keys]
+    header = ["rule"] + [CRITERIA_NAMES.get(k, k) for k in keys] + ["paper"]
+    body, notes = [], []
+    for r in rows:
+        line = [str(r.get("rule"))]
+        for k in keys:
+            c = r["cells"].get(k)
+            if not isinstance(c, dict):
+                line.append("")
+                continue
+            if c.get("source") == "error":
+                line.append("error")
+                continue
+            v = cell_verdict(c)
+            t = f"{SYMBOL.get(v, '?')} {c.get('source', '')}".strip()
+            if c.get("flag"):
+                t += " ⚠"
+                notes.append(f"⚠ {r.get('rule')} {k.split('_')[0].upper()}: {c['flag']}")
+            line.append(t)
+        line.append(str(r.get("paper")) if r.get("paper") is not None else "–")
+        if r.get("error"):
+            notes.append(f"error {r.get('rule')}: {str(r['error']).splitlines()[0][:200]}")
+        body.append(line)
+    notes.insert(0, "✓ satisfies, ✗ does not, ◐ partially; measured = decided by a probe on the rule's "
+                    "train_step, claimed = the rule's own claim (no probe applies); ⚠ = a probe contradicts "
+                    "the claim; paper = criteria the reference paper credits the rule family with.")
+    return header, body, notes
+
+
+def criteria_csv(rows: list[dict[str, Any]]) -> str:
+    """Long format: one line per rule and criterion."""
+    if not rows or not all(isinstance(r.get("cells"), dict) for r in rows):
+        return csv_text(*generic(rows))
+    header = ["rule", "criterion", "verdict", "source", "claim", "measured", "paper", "contradiction", "evidence"]
+    out = []
+    for r in rows:
+        for k, c in r["cells"].items():
+            out.append([r.get("rule"), k, cell_verdict(c) or ("error" if c.get("source") == "error" else ""),
+                        c.get("source"), c.get("claim"), c.get("measured"), c.get("paper"), c.get("flag") or "",
+                        c.get("evidence") or ""])
+    return csv_text(header, out)
+
+
+def latex(header: list[str], rows: list[list[str]]) -> str:
+    def esc(s: str) -> str:
+        return (tex_escape(s).replace("✓", r"\checkmark{}").replace("✗", r"$\times$").replace("◐", r"$\sim$")
+                .replace("⚠", r"$^{!}$").replace("±", r"$\pm$").replace("–", "--"))
+
+    lines = ["% generated by `bioplausible report` from the results store; needs \\usepackage{booktabs,amssymb}",
+             r"\begin{tabular}{l" + "c" * (len(header) - 1) + "}", r"\toprule",
+             " & ".join(esc(h) for h in header) + r" \\", r"\midrule"]
+    lines += [" & ".join(esc(c) for c in row) + r" \\" for row in rows]
+    lines += [r"\bottomrule", r"\end{tabular}", ""]
+    return "\n".join(lines)
