@@ -12,16 +12,16 @@ _RULES: dict[str, str] = {
     "fa": "fa:FeedbackAlignment",
     "dfa": "dfa:DirectFeedbackAlignment",
     "signsym": "signsym:SignSymmetry",
-    "wp": "perturbation:WeightPerturbation",
-    "np": "perturbation:NodePerturbation",
     "pc": "pc:PredictiveCoding",
     "dtp": "dtp:DifferenceTargetProp",
+    "ep": "ep:EquilibriumPropagation",
     "ff": "ff:ForwardForward",
     "local": "local:LocalLosses",
     "hebbian": "hebbian:Hebbian",
     "stdp": "stdp:STDP",
     "rstdp": "stdp:RSTDP",
-    "ep": "ep:EquilibriumPropagation",
+    "wp": "perturbation:WeightPerturbation",
+    "np": "perturbation:NodePerturbation",
 }
 
 RULES = tuple(_RULES)
