@@ -23,11 +23,25 @@ from bioplausible.experiments.store import Store
 
 PAPER_WIDTHS = (1024, 512, 256)
 # rule -> overrides of RunConfig fields (per model where they differ)
+# Random feedback aligns slowly: FA/DFA are still improving at 12 epochs (MNIST val 96.7% /
+# 96.3%), and a smaller lr was worse (FA 3e-4: 96.4%, 1e-4: 95.3% at 12 epochs), so they get
+# more epochs rather than a different rate.
 HPARAMS: dict[str, dict] = {
-    "bp": {"lr": 1e-3, "epochs": 20},
-    "fa": {"lr": 1e-3, "epochs": 20},
-    "dfa": {"lr": 1e-3, "epochs": 20},
-    "signsym": {"lr": 1e-3, "epochs": 20},
+    "bp": {"lr": 1e-3, "epochs": 12},
+    "fa": {"lr": 1e-3, "epochs": 40},
+    "dfa": {"lr": 1e-3, "epochs": 40},
+    "signsym": {"lr": 1e-3, "epochs": 12},
+    # the other rules: the settings their authors recommend from digits / mnist5k runs
+    "local": {"lr": 1e-3, "epochs": 20},
+    "ff": {"lr": 3e-3, "epochs": 20},
+    "pc": {"lr": 1e-3, "epochs": 10},
+    "dtp": {"lr": 1e-3, "epochs": 15},
+    "hebbian": {"lr": 1e-3, "epochs": 10, "widths": None},  # None: the rule's own 2000-unit layer
+    "np": {"lr": 3e-4, "epochs": 10},
+    "ep": {"lr": 1e-3, "epochs": 15, "widths": (500,)},  # the deep MLP does not equilibrate well
+    "stdp": {"epochs": 1, "rule_options": {"n_neurons": 400}},
+    "rstdp": {"epochs": 1, "rule_options": {"n_neurons": 400}},
+    "wp": {"lr": 1e-2, "epochs": 5},
 }
 MODEL_HPARAMS: dict[tuple[str, str], dict] = {
     ("bp", "cnn"): {"epochs": 10},
@@ -43,6 +57,8 @@ def config_for(rule: str, model: str, data: str, seed: int, epochs: int | None, 
         kw["epochs"] = epochs
     if model == "mlp":
         kw.setdefault("widths", PAPER_WIDTHS)
+    else:
+        kw.pop("widths", None)
     return RunConfig(rule=rule, model=model, data=data, seed=seed, device=device, **kw)
 
 

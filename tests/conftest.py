@@ -16,3 +16,11 @@ def _isolated_dirs(tmp_path, monkeypatch):
         # real fetched data (if any) stays readable through the default cache location
         pass
     yield
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """scikit-learn's digits, loaded once for the whole session."""
+    from bioplausible.data import load
+
+    return load("digits")

@@ -15,14 +15,6 @@ from bioplausible.experiments.runner import execute
 from bioplausible.models import build
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def make(arch="mlp", input_shape=(1, 2, 3), classes=3, seed=0, dtype=torch.float64, **opts):
     kw = dict(widths=(5, 4)) if arch == "mlp" else dict(channels=(2, 3), projection=4)
     stack = build(arch, input_shape, classes, seed=seed, act="hardsigmoid01", **kw)

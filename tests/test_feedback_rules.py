@@ -8,16 +8,11 @@ import torch
 from bioplausible.algorithms import get
 from bioplausible.algorithms.base import ExplicitBackward
 from bioplausible.config import RunConfig
-from bioplausible.data import load
 from bioplausible.experiments.runner import build_learner, execute
 from bioplausible.models import build
 
 FOUR = ["bp", "fa", "dfa", "signsym"]
 
-
-@pytest.fixture(scope="module")
-def digits():
-    return load("digits")
 
 
 @pytest.mark.parametrize("rule", FOUR)

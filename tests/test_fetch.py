@@ -11,7 +11,6 @@ import gzip
 import hashlib
 import io
 import json
-import os
 import struct
 import subprocess
 import tarfile

@@ -4,13 +4,8 @@ import pytest
 import torch
 
 from bioplausible.config import RunConfig
-from bioplausible.data import load
 from bioplausible.experiments.runner import build_learner, execute
 
-
-@pytest.fixture(scope="module")
-def digits():
-    return load("digits")
 
 
 def _learner(model="mlp", seed=0, **opts):

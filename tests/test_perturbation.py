@@ -7,23 +7,9 @@ import torch.nn.functional as F
 
 from bioplausible.algorithms import get
 from bioplausible.config import RunConfig
-from bioplausible.data import load
 from bioplausible.experiments.runner import build_learner, execute
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Small convolutions with 2 intra-op threads on a loaded 2-core machine ran ~20x slower
-    # (171 s vs 7.6 s wall for the CNN run below); these tensors are too small to gain anything.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load("digits")
 
 
 @pytest.mark.parametrize(

@@ -6,14 +6,9 @@ import pytest
 import torch
 
 from bioplausible.config import RunConfig
-from bioplausible.data import load
 from bioplausible.experiments.runner import load_learner, run
 from bioplausible.experiments.store import Store, StoreError
 
-
-@pytest.fixture(scope="module")
-def digits():
-    return load("digits")
 
 
 def _cfg(**kw):

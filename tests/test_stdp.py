@@ -9,22 +9,9 @@ import pytest
 import torch
 
 from bioplausible.config import RunConfig
-from bioplausible.data import load
 from bioplausible.experiments.runner import build_learner, execute
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # these tests are small: one thread avoids oversubscribing a shared machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load("digits")
 
 
 def _learner(rule="stdp", input_shape=(1, 8, 8), seed=0, **opts):

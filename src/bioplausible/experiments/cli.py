@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import importlib
-import os
 import sys
 import time
 import warnings
@@ -222,7 +221,7 @@ def compare_main(
     for d in missing:
         from ..data import DATASETS
 
-        hint = f"bioplausible data fetch {d}" if DATASETS[d].fetchable else f"put its files in the data folder"
+        hint = f"bioplausible data fetch {d}" if DATASETS[d].fetchable else "put its files in the data folder"
         console.print(f"[yellow]dataset {d} is missing[/]: its cells are skipped ({hint})")
     unsupported = [s for s in skipped if "not on disk" not in s.reason]
     for s in sorted({(s.rule, s.model, s.reason) for s in unsupported}):

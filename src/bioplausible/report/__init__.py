@@ -17,9 +17,7 @@ Nothing is recomputed from checkpoints or data: every number printed is in the s
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any
