@@ -42,31 +42,19 @@ class RunConfig(BaseModel):
             raise ValueError("must be a non-empty list of positive integers")
         return v
 
-    @field_validator("rule")
+    @field_validator("rule", "model", "data")
     @classmethod
-    def _known_rule(cls, v: str) -> str:
+    def _known(cls, v: str, info) -> str:
+        # imported here: the registries import this module
         from .algorithms import RULES
-
-        if v not in RULES:
-            raise ValueError(f"unknown rule {v!r}; known: {', '.join(RULES)}")
-        return v
-
-    @field_validator("model")
-    @classmethod
-    def _known_model(cls, v: str) -> str:
+        from .data import DATASETS
         from .models import ARCHITECTURES
 
-        if v not in ARCHITECTURES:
-            raise ValueError(f"unknown model {v!r}; known: {', '.join(ARCHITECTURES)}")
-        return v
-
-    @field_validator("data")
-    @classmethod
-    def _known_data(cls, v: str) -> str:
-        from .data import DATASETS
-
-        if v not in DATASETS:
-            raise ValueError(f"unknown dataset {v!r}; known: {', '.join(DATASETS)}")
+        label, known = {"rule": ("rule", RULES), "model": ("model", ARCHITECTURES), "data": ("dataset", DATASETS)}[
+            info.field_name
+        ]
+        if v not in known:
+            raise ValueError(f"unknown {label} {v!r}; known: {', '.join(known)}")
         return v
 
     IDENTITY_EXCLUDE: ClassVar[frozenset[str]] = frozenset({"device", "eval_batch_size", "data_dir"})
