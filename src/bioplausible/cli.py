@@ -12,11 +12,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .paths import results_home
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help="Biologically plausible learning rules, compared with backprop.")
 console = Console()
 err_console = Console(stderr=True)
 
-DEFAULT_STORE = Path("results/store.sqlite")
+# $BIOPLAUSIBLE_RESULTS/store.sqlite, else ./results/store.sqlite
+DEFAULT_STORE = results_home() / "store.sqlite"
 
 
 def fail(msg: str) -> None:

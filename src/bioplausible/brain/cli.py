@@ -136,6 +136,7 @@ def _encoding(store: Any, result: Any, rec: Any, selection: str) -> list[tuple[t
 
 def register(app: typer.Typer) -> None:
     """Add the `brain` command to `app`."""
+    from ..cli import DEFAULT_STORE
 
     @app.command("brain")
     def brain(
@@ -143,7 +144,7 @@ def register(app: typer.Typer) -> None:
                                               "'rule=bp|fa,data=mnist'"),
         data: str = typer.Option("kriegeskorte92", help="brain data: kriegeskorte92 or a recordings folder "
                                                         "(see bioplausible.brain.recordings)"),
-        store: Path = typer.Option(Path("results/store.sqlite"), help="results store (SQLite file)"),
+        store: Path = typer.Option(DEFAULT_STORE, help="results store (SQLite file)"),
         method: str = typer.Option("spearman", help="RDM comparison: spearman, tau-a, cosine_cov (whitened cosine), "
                                                     "corr_cov, corr, cosine"),
         distance: str = typer.Option("correlation", help="activation distance: correlation, euclidean, cosine"),
