@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from ..config import RunConfig
-from ..criteria.claims import Claims
+from ..criteria.claims import Claim, Claims, no
 from ..models import Stack
 
 
@@ -124,6 +124,19 @@ class Learner(nn.Module):
         self.load_state_dict(ckpt["module"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.load_extra_state(ckpt.get("extra", {}))
+
+
+def layerwise_feedback_claims(c1: Claim) -> Claims:
+    """Claims shared by rules that carry the output error down layer by layer through some
+    feedback matrix (FA, sign symmetry); only their weight-transport claim differs."""
+    return Claims(
+        c1_no_weight_transport=c1,
+        c2_local_error=no("the output error is carried down through every layer's feedback"),
+        c3_single_phase=no("a forward pass, then a separate feedback pass"),
+        c4_spiking=no("real-valued rates"),
+        c5_label_free_hidden=no("hidden layers learn from the label's error"),
+        c6_unsigned_error=no("signed errors are fed back"),
+    )
 
 
 class ExplicitBackward(Learner):

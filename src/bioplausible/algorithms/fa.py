@@ -5,21 +5,14 @@ from __future__ import annotations
 
 import torch
 
-from ..criteria.claims import Claims, no, yes
-from .base import ExplicitBackward
+from ..criteria.claims import yes
+from .base import ExplicitBackward, layerwise_feedback_claims
 
 
 class FeedbackAlignment(ExplicitBackward):
     name = "fa"
     description = "Feedback alignment: fixed random feedback matrices"
-    claims = Claims(
-        c1_no_weight_transport=yes("feedback matrices are fixed random, independent of W"),
-        c2_local_error=no("the output error is carried down through every layer's feedback"),
-        c3_single_phase=no("a forward pass, then a separate feedback pass"),
-        c4_spiking=no("real-valued rates"),
-        c5_label_free_hidden=no("hidden layers learn from the label's error"),
-        c6_unsigned_error=no("signed errors are fed back"),
-    )
+    claims = layerwise_feedback_claims(yes("feedback matrices are fixed random, independent of W"))
 
     def setup(self) -> None:
         # Drawn once, from a generator of their own so the forward init is unchanged, at the

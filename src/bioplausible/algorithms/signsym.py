@@ -5,21 +5,14 @@ from __future__ import annotations
 
 import torch
 
-from ..criteria.claims import Claims, no, partial
-from .base import ExplicitBackward
+from ..criteria.claims import partial
+from .base import ExplicitBackward, layerwise_feedback_claims
 
 
 class SignSymmetry(ExplicitBackward):
     name = "signsym"
     description = "Sign symmetry: feedback sign(W) at a fixed per-layer scale"
-    claims = Claims(
-        c1_no_weight_transport=partial("feedback carries the signs of W (one bit per synapse), not magnitudes"),
-        c2_local_error=no("the output error is carried down through every layer's feedback"),
-        c3_single_phase=no("a forward pass, then a separate feedback pass"),
-        c4_spiking=no("real-valued rates"),
-        c5_label_free_hidden=no("hidden layers learn from the label's error"),
-        c6_unsigned_error=no("signed errors are fed back"),
-    )
+    claims = layerwise_feedback_claims(partial("feedback carries the signs of W (one bit per synapse), not magnitudes"))
 
     def setup(self) -> None:
         # The scale is fixed at the initial weights' typical magnitude: sign(W) alone would
