@@ -144,3 +144,21 @@ def test_pooled_local_backward_matches_the_layer():
         g = torch.randn(mu.shape, generator=torch.Generator().manual_seed(1))
         torch.testing.assert_close(mu, layer.post(a))
         torch.testing.assert_close(back(g), layer.post_backward(a, g))
+
+
+def test_stable_rate_keeps_relaxation_downhill_when_weights_grow():
+    # Weights scaled x4 put the curvature of F in the hidden nodes at up to 1 + 16 s^2, far past
+    # 2 / rate for rate 0.5: plain gradient steps overshoot and the energy climbs; the capped
+    # rate must keep every step downhill. Both cases are checked so the test can tell them apart.
+    def energies(stable):
+        learner, d = _learner(T=30, inference_rate=0.5, stable_rate=stable)
+        with torch.no_grad():
+            for layer in learner.stack.layers:
+                layer.weight.mul_(4.0)
+        _, e, _, _ = learner.relax(d.x_train[:64], d.y_train[:64])
+        return torch.tensor(e)
+
+    free, capped = energies(False), energies(True)
+    assert free[-1] > free[0]  # the uncapped relaxation diverges
+    assert (capped[1:] <= capped[:-1] + 1e-6).all()
+    assert capped[-1] < capped[0]

@@ -1,5 +1,10 @@
 """Direct feedback alignment (Nøkland 2016): the output error is sent straight to every
-hidden layer through a fixed random matrix; no error passes between hidden layers."""
+hidden layer through a fixed random matrix; no error passes between hidden layers.
+
+Hidden units are tanh by default (Nøkland used tanh): with ReLU and Adam the hidden layers
+grow without bound (paper MLP, Fashion-MNIST, lr 1e-3: training cross-entropy 2.1-3.0 over
+the first three epochs), while with tanh it falls smoothly (0.58 after one epoch, test
+88.3% after six). `act="relu"` still selects ReLU."""
 
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ from .base import ExplicitBackward
 class DirectFeedbackAlignment(ExplicitBackward):
     name = "dfa"
     description = "Direct feedback alignment: output error broadcast by fixed random matrices"
+    default_act = "tanh"
     claims = Claims(
         c1_no_weight_transport=yes("each layer's feedback matrix is fixed random"),
         c2_local_error=no("every layer receives the global output error"),
