@@ -6,7 +6,7 @@ import hashlib
 import json
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class RunConfig(BaseModel):
@@ -27,13 +27,26 @@ class RunConfig(BaseModel):
     seed: int = Field(0, ge=0)
     widths: tuple[int, ...] | None = None  # MLP hidden widths; None = the paper's 1024-512-256
     channels: tuple[int, ...] | None = None  # CNN conv channels; None = preset for the input
-    act: str | None = None  # hidden activation; None = the rule's default
+    act: str | None = None  # hidden activation; None = the rule's default (filled in on construction)
     val_fraction: float = Field(0.1, ge=0, lt=1)
     data_dir: str | None = None  # folder with the data set's files; None = the cache
     rule_options: dict[str, Any] = Field(default_factory=dict)
     # not part of the experiment's identity:
     device: str = "auto"
     eval_batch_size: int = Field(1024, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve_act(cls, data: Any) -> Any:
+        # The rule's default activation is written into the config, so the stored config
+        # says which one ran and the run's key changes if a rule's default ever does (a
+        # store must not answer "already done" with a run of another network).
+        if isinstance(data, dict) and data.get("act") is None:
+            from .algorithms import RULES, get
+
+            if data.get("rule") in RULES:
+                data = {**data, "act": get(data["rule"]).default_act}
+        return data
 
     @field_validator("widths", "channels")
     @classmethod
