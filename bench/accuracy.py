@@ -74,6 +74,33 @@ def config_for(rule: str, model: str, data: str, seed: int, epochs: int | None, 
     return RunConfig(rule=rule, model=model, data=data, seed=seed, device=device, **kw)
 
 
+def print_table(rows: list[dict]) -> None:
+    """Test accuracy and seconds per training epoch of recorded runs. Epoch times of separate
+    runs are not comparable when the machine's load differed between them: the ratio to BP
+    in one process is what `bench/speed.py` measures."""
+    print(f"\n{'rule':9s} {'model':5s} {'data':14s} {'act':>13s} {'epochs':>6s} {'test acc':>9s} {'s/epoch':>8s}  status")
+    for r in rows:
+        acc = r["metrics"].get("test_acc")
+        et = f"{r['epoch_time']:8.1f}" if r["epoch_time"] else "       -"
+        # runs recorded before the config named its activation ran the rule's default of then
+        act = r["config"].get("act") or "not recorded"
+        print(f"{r['rule']:9s} {r['model']:5s} {r['data']:14s} {act:>13s} {r['config']['epochs']:6d} "
+              f"{(f'{acc:.2%}' if acc is not None else '-'):>9s} {et}  {r['status']}")
+
+
+def latest_runs(store: Store, rules, datas, models, seed: int) -> list[dict]:
+    """The most recently finished run of each (rule, model, data) cell, whatever its settings
+    (the table shows its epochs and activation)."""
+    out = []
+    for data_name in datas:
+        for model in models:
+            for rule in rules:
+                got = [r for r in store.runs(rule=rule, model=model, data=data_name, seed=seed) if r["finished"]]
+                if got:
+                    out.append(max(got, key=lambda r: r["finished"]))
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rules", default=",".join(RULES))
@@ -85,7 +112,13 @@ def main():
     ap.add_argument("--device", default="auto")
     ap.add_argument("--force", action="store_true")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("--report", action="store_true",
+                    help="train nothing: print the newest recorded run of every rule/model/data cell")
     args = ap.parse_args()
+    if args.report:
+        print_table(latest_runs(Store(args.store), args.rules.split(","), args.data.split(","),
+                                args.models.split(","), args.seed))
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     store = Store(args.store)
@@ -114,16 +147,7 @@ def main():
                 print(f"{rule}/{model}/{data_name}: {got['status']} test {got['metrics'].get('test_acc')} ({state})",
                       flush=True)
                 rows.append(got)
-    bp_time = {(r["model"], r["data"]): r["epoch_time"] for r in rows if r["rule"] == "bp" and r["epoch_time"]}
-    print(f"\n{'rule':9s} {'model':5s} {'data':14s} {'epochs':>6s} {'test acc':>9s} {'s/epoch':>8s} {'x BP':>6s}  status")
-    for r in rows:
-        acc = r["metrics"].get("test_acc")
-        bt = bp_time.get((r["model"], r["data"]))
-        ratio = f"{r['epoch_time'] / bt:6.2f}" if (bt and r["epoch_time"]) else "     -"
-        et = f"{r['epoch_time']:8.1f}" if r["epoch_time"] else "       -"
-        print(f"{r['rule']:9s} {r['model']:5s} {r['data']:14s} {r['config']['epochs']:6d} "
-              f"{(f'{acc:.2%}' if acc is not None else '-'):>9s} {et} {ratio}  {r['status']}")
-
+    print_table(rows)
 
 if __name__ == "__main__":
     main()
