@@ -54,10 +54,10 @@ MODEL_HPARAMS: dict[tuple[str, str], dict] = {
     # on mnist5k: dtp 4.7x, pc 13x, ep 30x, np 81x, wp 93x BP), so the suite fits a CPU session
     ("local", "cnn"): {"epochs": 10},
     ("ff", "cnn"): {"epochs": 10, "lr": 1e-3, "batch_size": 64},  # channel-wise objective (see ff.py)
-    ("dtp", "cnn"): {"epochs": 8},
+    ("dtp", "cnn"): {"epochs": 4},
     ("hebbian", "cnn"): {"epochs": 3},
-    ("pc", "cnn"): {"epochs": 5},
-    ("ep", "cnn"): {"epochs": 2},
+    ("pc", "cnn"): {"epochs": 2},
+    ("ep", "cnn"): {"epochs": 1},
     ("np", "cnn"): {"epochs": 1},
     ("wp", "cnn"): {"epochs": 1},
 }
