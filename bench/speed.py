@@ -11,6 +11,7 @@ with a plain matmul of the step's largest shape timed in the same run.
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import torch
@@ -25,21 +26,39 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def time_rule(rule, model, batch, device, steps, warmup, widths, input_shape):
+def make_learner(rule, model, batch, device, widths, input_shape):
     cfg = RunConfig(rule=rule, model=model, batch_size=batch, widths=widths, device=str(device))
-    learner = build_learner(cfg, input_shape, 10, device)
+    return build_learner(cfg, input_shape, 10, device)
+
+
+def make_batches(batch, device, input_shape):
     g = torch.Generator(device="cpu").manual_seed(0)
     xs = [torch.randn(batch, *input_shape, generator=g).to(device) for _ in range(4)]
     ys = [torch.randint(0, 10, (batch,), generator=g).to(device) for _ in range(4)]
-    for i in range(warmup):
-        learner.train_step(xs[i % 4], ys[i % 4])
+    return xs, ys
+
+
+def time_steps(learner, xs, ys, steps, device) -> float:
+    """Seconds per training step over `steps` steps."""
     sync(device)
     t0 = time.perf_counter()
     for i in range(steps):
         learner.train_step(xs[i % 4], ys[i % 4])
     sync(device)
-    dt = (time.perf_counter() - t0) / steps
-    return dt, learner
+    return (time.perf_counter() - t0) / steps
+
+
+def time_against_bp(learner, bp, xs, ys, steps, warmup, rounds, device):
+    """(seconds per step of `learner`, of BP, median ratio). The two are timed in alternating
+    blocks, so a change in the machine's load hits both and the per-round ratio stays fair."""
+    time_steps(learner, xs, ys, warmup, device)
+    per = max(1, steps // rounds)
+    own, ref = [], []
+    for _ in range(rounds):
+        ref.append(time_steps(bp, xs, ys, per, device))
+        own.append(time_steps(learner, xs, ys, per, device))
+    ratio = statistics.median(o / r for o, r in zip(own, ref))
+    return statistics.median(own), statistics.median(ref), ratio
 
 
 def matmul_rate(m, k, n, device, reps=20):
@@ -62,6 +81,7 @@ def main():
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=5, help="alternating BP/rule timing blocks per rule")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args()
@@ -75,19 +95,22 @@ def main():
     input_shape = (1, 28, 28)
     widths = (1024, 512, 256)
     print(f"device {device}, model {args.model}, batch {args.batch}, torch threads {torch.get_num_threads()}")
-    results = {}
+    xs, ys = make_batches(args.batch, device, input_shape)
+    bp = make_learner("bp", args.model, args.batch, device, widths, input_shape)
+    time_steps(bp, xs, ys, args.warmup, device)
+    results, ratios = {}, {}
     for rule in rules:
         try:
-            dt, learner = time_rule(rule, args.model, args.batch, device, args.steps, args.warmup, widths, input_shape)
+            learner = bp if rule == "bp" else make_learner(rule, args.model, args.batch, device, widths, input_shape)
+            dt, _, ratio = time_against_bp(learner, bp, xs, ys, args.steps, args.warmup, args.rounds, device)
         except Exception as e:  # a rule that can't run this model is reported, not fatal
             print(f"{rule:10s} skipped: {type(e).__name__}: {str(e).splitlines()[0]}")
             continue
-        results[rule] = dt
-    bp = results.get("bp")
-    print(f"{'rule':10s} {'ms/step':>9s} {'samples/s':>11s} {'x BP time':>10s}")
+        results[rule], ratios[rule] = dt, ratio
+    print(f"{'rule':10s} {'ms/step':>9s} {'samples/s':>11s} {'x BP time':>10s}   (ratio: median over rounds of "
+          f"alternating BP/rule blocks)")
     for rule, dt in results.items():
-        ratio = dt / bp if bp else float("nan")
-        print(f"{rule:10s} {dt * 1e3:9.2f} {args.batch / dt:11.0f} {ratio:10.2f}")
+        print(f"{rule:10s} {dt * 1e3:9.2f} {args.batch / dt:11.0f} {ratios[rule]:10.2f}")
     if args.model == "mlp" and "bp" in results:
         sizes = [784, *widths, 10]
         macs = sum(a * b for a, b in zip(sizes, sizes[1:]))
