@@ -60,6 +60,8 @@ MODEL_HPARAMS: dict[tuple[str, str], dict] = {
     ("ep", "cnn"): {"epochs": 1},
     ("np", "cnn"): {"epochs": 1},
     ("wp", "cnn"): {"epochs": 1},
+    ("stdp", "cnn"): {"epochs": 1},  # conv STDP: layer-wise STDP on the first 3,000 samples, then the readout
+    ("rstdp", "cnn"): {"epochs": 3},
 }
 
 

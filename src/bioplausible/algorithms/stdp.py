@@ -35,11 +35,11 @@ contrast-normalised rate code, so the same thresholds suit 8x8 digits and 28x28 
 ``encoding="rate"`` gives deterministic regular trains with the same rates.
 One step is one time unit; ``time_steps`` per presentation (Diehl & Cook: 350 ms at 0.5 ms).
 
-Architecture: this rule builds its own stack, [fc1: inputs -> excitatory layer, readout],
-because a Diehl & Cook network has one plastic layer (MLP only; no conv-STDP front end is
-provided). The number of excitatory neurons is ``n_neurons`` when given, else
-``cfg.widths[0]`` when widths are given, else 1600 (Diehl & Cook's size with 91.9% on MNIST;
-the paper's 1024-512-256 stack is not used, deeper STDP layers do not help in that model).
+Architecture: on the MLP this rule builds its own stack, [fc1: inputs -> excitatory layer,
+readout], because a Diehl & Cook network has one plastic layer. The number of excitatory
+neurons is ``n_neurons`` when given, else ``cfg.widths[0]`` when widths are given, else 1600
+(Diehl & Cook's size with 91.9% on MNIST; the paper's 1024-512-256 stack is not used,
+deeper STDP layers do not help in that model).
 
 Batching: a batch is B independent networks sharing weights, thresholds and assignment.
 Learning is batched too: the STDP terms are summed over time and over the B networks of a
@@ -49,6 +49,15 @@ Each presentation starts from rest (potentials and traces zero). Evaluation uses
 dynamics without learning and without theta changes; samples that evoke fewer than
 ``min_spikes`` spikes are re-run with doubled input rate (at most ``retries`` times, as Diehl
 & Cook do), vectorised over the subset.
+
+On the CNN (``--model cnn``) ``stdp`` is convolutional STDP, `stdp_conv.ConvSTDP`: conv
+layers of LIF neurons with winner-take-all across feature maps, homeostasis and the same
+trace rule for all positions at once, trained layer-wise as in Kheradpisheh et al. (2018),
+with a delta-rule readout on pooled spike counts. `STDP.__new__` hands a cnn stack to that
+subclass, so the rule keeps one registry line; its options are the ``conv_*`` fields below
+(plus ``dog``, ``readout_norm``, ``readout_pool``; ``encoding``, ``tau_pre``, ``tau_post`` and
+``w_max`` are shared), which the dense rule ignores. ``rstdp`` on the CNN is
+`stdp_conv.ConvRSTDP` (the same conv STDP layers, decision neurons learning from reward).
 
 Every input-to-layer current is computed by ``Layer.drive`` on the spike vector (bias zero
 and frozen), the learning pathway reads spikes and traces only. Nothing uses the shared
@@ -100,21 +109,62 @@ class STDPOptions(BaseModel):
     eta_reward: float = Field(0.1, ge=0)
     eta_punish: float = Field(0.05, ge=0)
     decision_thresh: float = Field(2.0, gt=0)
+    # CNN only (`stdp_conv.ConvSTDP`); shared with the dense rule: encoding, tau_pre, tau_post, w_max
+    dog: bool | None = None  # on/off DoG retina; None = on for inputs of 16 px or more
+    conv_kernel: int | None = Field(None, ge=1)  # None = 5 (3 on inputs under 16 px)
+    conv_pool: tuple[int, ...] | None = None  # per conv layer; None = down to 7x7 (4x4 on 8x8)
+    conv_time_steps: int = Field(16, ge=1)
+    conv_max_rate: float = Field(0.5, gt=0, le=1)  # input firing probability per step at full contrast
+    conv_tau_mem: float = Field(20.0, gt=0)
+    conv_v_thresh: float = Field(2.0, gt=0)
+    conv_inhibition: float = Field(1.0, ge=0)
+    conv_eta_post: float = Field(0.05, ge=0)
+    conv_eta_pre: float = Field(0.01, ge=0)
+    conv_w_mean: float | None = Field(0.2, gt=0)  # kernel mean after each update; None = no normalisation
+    conv_theta_eta: float = Field(0.05, ge=0)
+    conv_learn_samples: int = Field(3000, ge=0)  # training samples per conv layer (layer-wise); 0 = no STDP
+    readout_norm: bool = True
+    readout_pool: Literal["max", "avg"] = "avg"  # pooling of the last conv layer's counts for the readout
+    # conv R-STDP rates: larger than Mozafari et al.'s 0.004 (a_r+, a_p-), which barely moved
+    # the weights in a few epochs (digits: chance after 3 epochs)
+    conv_eta_reward: float = Field(0.1, ge=0)
+    conv_eta_punish: float = Field(0.1, ge=0)
+    # conv R-STDP: decision threshold (= lateral inhibition) in units of the current that all
+    # inputs firing at once would give at the initial mean weight (0.8 x number of inputs)
+    conv_decision_thresh: float = Field(0.05, gt=0)
+    conv_adaptive_rates: bool = True  # conv R-STDP: reward x miss rate, punishment x hit rate (Mozafari)
+    conv_decision_norm: bool = True  # conv R-STDP: rescale decision rows to mean 0.8 after each update
 
 
 class STDP(Learner):
     name = "stdp"
-    description = "Diehl & Cook 2015 unsupervised STDP in LIF neurons, response-based label assignment"
+    description = ("Diehl & Cook 2015 unsupervised STDP in LIF neurons, response-based label assignment; "
+                   "on the CNN: conv STDP (Kheradpisheh 2018 style) + delta-rule readout")
     Options = STDPOptions
-    architectures = ("mlp",)
+    architectures = ("mlp", "cnn")
     claims = Claims(
         c1_no_weight_transport=yes("no feedback pathway: updates use pre/post spike traces only"),
         c2_local_error=yes("each synapse changes from its own pre- and post-synaptic traces"),
         c3_single_phase=yes("learning happens during the one presentation"),
         c4_spiking=yes("LIF neurons communicate by binary spikes"),
         c5_label_free_hidden=yes("labels only assign neurons to classes after the fact; weights never see them"),
-        c6_unsigned_error=yes("no error signal at all"),
+        c6_unsigned_error=yes("no error signal at all (on the MLP; on the CNN the delta-rule readout uses a "
+                              "signed error: see stdp_conv.ConvSTDP.claims)"),
     )
+
+    is_conv = False
+
+    def __new__(cls, *args, **kwargs):
+        # One rule, one registry line: a cnn stack gets the convolutional implementation
+        # (a subclass, so isinstance checks and the shared machinery still hold). Called
+        # without arguments (copy, unpickling) it builds the class asked for.
+        stack = args[0] if args else kwargs.get("stack")
+        target = cls
+        if stack is not None and getattr(stack, "arch", None) == "cnn" and not cls.is_conv:
+            from .stdp_conv import conv_variant
+
+            target = conv_variant(cls)
+        return super().__new__(target)
 
     # -- construction ----------------------------------------------------------------------
     def n_exc(self) -> int:
@@ -345,6 +395,10 @@ class RSTDP(STDP):
             "rec": [] if learn else None,
         }
 
+    def decision_dynamics(self) -> tuple[float, float]:
+        """Threshold and lateral inhibition of the decision neurons."""
+        return self.opts.decision_thresh, self.opts.inhibition
+
     def after_exc_step(self, state, s, t, learn):
         o = self.opts
         state["exc_trace"] = decay(o.tau_pre) * state["exc_trace"] + s
@@ -352,8 +406,8 @@ class RSTDP(STDP):
         current = self.readout.drive(s)
         state["input"] += current
         post_before = dec.trace
-        sd = dec.step(current, torch.full((), o.decision_thresh, device=s.device), decay(o.tau_mem),
-                      decay(o.tau_post), o.inhibition, True)
+        thr, inh = self.decision_dynamics()
+        sd = dec.step(current, torch.full((), thr, device=s.device), decay(o.tau_mem), decay(o.tau_post), inh, True)
         if learn:
             state["rec"].append((sd, post_before, state["exc_trace"], s))
 

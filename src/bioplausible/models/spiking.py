@@ -1,8 +1,10 @@
 """Leaky integrate-and-fire machinery for the spiking rules (`stdp`, `rstdp`).
 
-Discrete time, one step = one unit of time; every state tensor is (batch, neurons), so a
-batch is a set of independent networks that share weights. Nothing here learns: the rules
-read the spike trains and traces and decide what to do with them.
+Discrete time, one step = one unit of time; every `LIFState` tensor is (batch, neurons),
+so a batch is a set of independent networks that share weights. The conv rule
+(`algorithms.stdp_conv`) keeps its own (batch, maps, h, w) potentials; its DoG retina is
+here. Nothing here learns: the rules read the spike trains and traces and decide what to
+do with them.
 """
 
 from __future__ import annotations
@@ -77,3 +79,28 @@ class LIFState:
         self.count = self.count + s
         self.last = s
         return s
+
+
+def dog_kernel(size: int = 7, sigma_center: float = 1.0, sigma_surround: float = 2.0, device=None,
+               dtype=torch.float32) -> torch.Tensor:
+    """A zero-sum difference-of-Gaussians (centre minus surround) kernel, shape (1, 1, size, size).
+
+    The fixed on/off-centre "retina" of Kheradpisheh et al. (2018) (7x7, sigmas 1 and 2 on
+    MNIST): it turns a grey-level image into contrast, so that positive-only STDP kernels
+    can learn edges (with raw intensities every positive kernel is a blob detector)."""
+    r = torch.arange(size, device=device, dtype=dtype) - (size - 1) / 2
+    d2 = r.view(-1, 1) ** 2 + r.view(1, -1) ** 2
+    g1 = torch.exp(-d2 / (2 * sigma_center**2))
+    g2 = torch.exp(-d2 / (2 * sigma_surround**2))
+    k = g1 / g1.sum() - g2 / g2.sum()
+    return k.view(1, 1, size, size)
+
+
+def on_off(x01: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """On- and off-centre contrast channels of images (B, C, H, W) with intensities in [0, 1]:
+    (B, 2C, H, W), rectified DoG responses rescaled per sample so the strongest is 1."""
+    B, C, H, W = x01.shape
+    d = torch.nn.functional.conv2d(x01.reshape(B * C, 1, H, W), kernel, padding=kernel.shape[-1] // 2)
+    d = d.view(B, C, H, W)
+    out = torch.cat([d.clamp_min(0), (-d).clamp_min(0)], 1)
+    return out / out.flatten(1).max(1).values.clamp_min(1e-12).view(B, 1, 1, 1)
