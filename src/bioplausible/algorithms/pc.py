@@ -197,8 +197,8 @@ class PredictiveCoding(Learner):
         rate, tol, n = self.opts.inference_rate, self.opts.tol, len(x)
         # Gradient descent on F is stable only while rate < 2 / curvature, and the curvature
         # of F in v_l is up to 1 + ||W_{l+1}||^2 (its own error plus the error above, with
-        # f' <= 1). Weights grow during training (the paper MLP's reach norm 5, curvature 26),
-        # and past that point the relaxation diverged and the run collapsed (MNIST test 97.9%
+        # f' <= 1). Weights grow during training (the paper MLP's reached norm 5, curvature 26),
+        # and past that point the relaxation diverged and the run collapsed (MNIST test 97.8%
         # after two epochs, 54.6% after three); the cap keeps every layer's step stable.
         rates = [rate] * n_layers
         if self.opts.stable_rate:
