@@ -277,7 +277,7 @@ class Hebbian(Learner):
             if o.hidden_rule == "hebb":
                 # plain Hebb has no decay: scale-free step, then back onto the unit sphere
                 dw = dw / dw.abs().max().clamp_min(1e-30)
-                rows.add_(self.hidden_lr * dw.view_as(rows))
+                rows.add_(self.hidden_lr * dw.reshape(rows.shape))
                 rows.div_(rows.norm(dim=1, keepdim=True).clamp_min(1e-12))
                 continue
             dw = dw / dw.abs().max().clamp_min(1e-30)
@@ -285,7 +285,8 @@ class Hebbian(Learner):
                 lr = self.hidden_lr * (rows.norm(dim=1) - 1.0).abs().add(1e-10).sqrt()
             else:
                 lr = torch.full((w.shape[0],), self.hidden_lr, device=w.device)
-            rows.add_(lr.view(-1, 1) * dw.view_as(rows))
+            # conv2d_weight may return a non-contiguous (channels-last) gradient: reshape, not view
+            rows.add_(lr.view(-1, 1) * dw.reshape(rows.shape))
             stats[f"norm_{layer.name}"] = rows.norm(dim=1).mean().item()
         return stats
 
