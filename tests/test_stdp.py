@@ -100,3 +100,20 @@ def test_hidden_weights_ignore_labels(digits):
     a.train_step(xb, yb)
     b.train_step(xb, (yb + 3) % 10)
     assert torch.equal(a.exc.weight, b.exc.weight)
+
+
+def test_linear_readout_learns_and_leaves_stdp_label_free(digits):
+    row = execute(RunConfig(rule="stdp", data="digits", epochs=2,
+                            rule_options={"n_neurons": 100, "readout": "linear"}), data=digits)
+    assert row["status"] == "done", row["reason"]
+    assert row["metrics"]["test_acc"] >= 0.5  # chance 0.10
+    # only the readout is trained by the optimiser; the STDP layer's weights are the same
+    # whatever the labels, since its update is made from spikes alone
+    xb, yb = next(iter(digits.batches(32, 0, 1)))
+    a, b = _learner(n_neurons=20, readout="linear"), _learner(n_neurons=20, readout="linear")
+    assert {id(p) for p in a.trainable_parameters()} == {id(p) for p in a.readout.parameters()}
+    a.train_step(xb, yb)
+    b.train_step(xb, (yb + 1) % 10)
+    assert torch.equal(a.exc.weight, b.exc.weight)
+    assert not torch.equal(a.readout.weight, b.readout.weight)
+    assert a.exc.weight.grad is None

@@ -18,7 +18,11 @@ to *assign* each neuron the class for which its mean response is highest (a runn
 exponentially weighted tally over training, ``assign_decay`` per batch); the class score is
 the mean spike count of the neurons assigned to that class. The assignment is stored as the
 readout layer's weight (A[c, i] = 1/n_c for neuron i assigned to class c), so `predict` is
-``readout.drive(counts)``: the response-based vote of the paper.
+``readout.drive(counts)``: the response-based vote of the paper. With ``readout="linear"``
+the readout is instead a linear layer on the spike rates (scaled to unit RMS per sample),
+trained by the local delta rule through the shared optimiser (as in Hebbian and conv STDP);
+the STDP layer learns exactly as before, from spikes alone, but the readout then uses a
+signed error.
 
 ``rstdp`` — reward-modulated STDP after Mozafari et al. (2018): the same unsupervised STDP
 layer, then a layer of decision neurons (``decision_per_class`` per class, lateral
@@ -102,6 +106,9 @@ class STDPOptions(BaseModel):
     inhibition: float = Field(5.0, ge=0)
     one_winner: bool = False  # True: at most one spike per step (hard WTA); measured worse on mnist5k
     assign_decay: float = Field(0.99, gt=0, le=1)
+    # stdp on the MLP: "assign" = Diehl & Cook's vote of the neurons assigned to each class;
+    # "linear" = a linear readout of the spike rates trained by the local delta rule
+    readout: Literal["assign", "linear"] = "assign"
     min_spikes: int = Field(5, ge=0)
     retries: int = Field(2, ge=0)
     # R-STDP only
@@ -191,6 +198,9 @@ class STDP(Learner):
                 layer.bias.zero_()
                 layer.weight.requires_grad_(False)
                 layer.bias.requires_grad_(False)
+        if self.linear_readout:
+            out.weight.requires_grad_(True)
+            out.bias.requires_grad_(True)
         self.stack = Stack([fc1, out], "mlp", old.input_shape, old.num_classes).to(dev)
         self.normalise_rows(self.stack.layers[0].weight, torch.ones(self.n_exc(), dtype=torch.bool, device=dev))
         self.register_buffer("theta", torch.zeros(self.n_exc(), device=dev))
@@ -201,10 +211,19 @@ class STDP(Learner):
     def init_readout(self, out: Layer, g: torch.Generator) -> None:
         out.weight.zero_()  # no neuron assigned yet
 
+    @property
+    def linear_readout(self) -> bool:
+        # only the unsupervised rule reads out linearly; R-STDP's decision layer is its readout
+        return self.opts.readout == "linear" and type(self).name == "stdp"
+
     def trainable_parameters(self):
-        return []  # nothing goes through the shared optimiser
+        # STDP updates are not gradients: only a linear readout goes through the shared optimiser
+        return list(self.readout.parameters()) if self.linear_readout else []
 
     def make_optimizer(self, params, lr=None):
+        params = list(params)
+        if params:
+            return super().make_optimizer(params, lr)
         # the optimiser is never stepped; SGD on an empty list is not allowed, so hold a dummy
         return torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=self.cfg.lr)
 
@@ -318,8 +337,16 @@ class STDP(Learner):
 
     def train_step(self, x, y):
         counts, extra = self.simulate(x, learn=True)
+        # the STDP step is computed from the spikes alone, before y is looked at
         self.stdp_update(extra["ltp"], extra["ltd"], counts)
-        self.update_assignment(counts, y)
+        if self.linear_readout:
+            with torch.no_grad():
+                h = self.rate_features(counts)
+                _, e = self.output_error(self.readout.drive(h), y)
+                gw, gb = self.readout.weight_grad(e, h)
+            self.apply_updates({self.readout.weight: gw, self.readout.bias: gb})
+        else:
+            self.update_assignment(counts, y)
         stats = self.learn_decision(extra["state"], y)
         scores = self.scores(counts, extra["state"])
         loss = F.cross_entropy(scores, y)  # tracks training only; nothing learns from it
@@ -329,7 +356,15 @@ class STDP(Learner):
     def learn_decision(self, state, y) -> dict:
         return {}
 
+    def rate_features(self, counts: torch.Tensor) -> torch.Tensor:
+        """Spike rates scaled to unit RMS per sample: the linear readout's input (so its
+        learning rate does not depend on how many spikes a sample evokes)."""
+        h = counts / self.opts.time_steps
+        return h * (h.shape[1] ** 0.5 / h.norm(dim=1, keepdim=True).clamp_min(1e-12))
+
     def scores(self, counts: torch.Tensor, state) -> torch.Tensor:
+        if self.linear_readout:
+            return self.readout.drive(self.rate_features(counts))
         return self.readout.drive(counts)
 
     @torch.no_grad()
