@@ -110,6 +110,18 @@ class Learner(nn.Module):
         err[torch.arange(len(y), device=y.device), y] -= 1.0
         return loss, err / len(y)
 
+    def delta_rule(self, layer, h: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Train a linear softmax readout `layer` on features h by the local delta rule,
+        dW = (onehot(y) - softmax(W h + b)) h^T (the gradient of a one-layer cross-entropy:
+        only the readout's own input and output), through the shared optimiser.
+        Returns (cross-entropy, logits) of the features before the update."""
+        with torch.no_grad():
+            logits = layer.drive(h)
+            loss, e = self.output_error(logits, y)
+            gw, gb = layer.weight_grad(e, h)
+        self.apply_updates({layer.weight: gw, layer.bias: gb})
+        return loss, logits
+
     def extra_state(self) -> dict[str, Any]:
         """Checkpointable state beyond tensors registered on the module (override if any)."""
         return {}

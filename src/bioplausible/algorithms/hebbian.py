@@ -302,8 +302,5 @@ class Hebbian(Learner):
             r = self.readout_input(h)
             if self.opts.readout_dropout > 0 and self.training:
                 r = F.dropout(r, self.opts.readout_dropout, training=True)
-            logits = self.readout.drive(r)
-            loss, e = self.output_error(logits, y)
-            gw, gb = self.readout.weight_grad(e, r)
-        self.apply_updates({self.readout.weight: gw, self.readout.bias: gb})
+        loss, logits = self.delta_rule(self.readout, r, y)
         return {"loss": loss, "correct": (logits.argmax(1) == y).sum(), **stats}

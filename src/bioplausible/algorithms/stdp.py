@@ -340,11 +340,7 @@ class STDP(Learner):
         # the STDP step is computed from the spikes alone, before y is looked at
         self.stdp_update(extra["ltp"], extra["ltd"], counts)
         if self.linear_readout:
-            with torch.no_grad():
-                h = self.rate_features(counts)
-                _, e = self.output_error(self.readout.drive(h), y)
-                gw, gb = self.readout.weight_grad(e, h)
-            self.apply_updates({self.readout.weight: gw, self.readout.bias: gb})
+            self.delta_rule(self.readout, self.rate_features(counts), y)
         else:
             self.update_assignment(counts, y)
         stats = self.learn_decision(extra["state"], y)

@@ -300,12 +300,7 @@ class ConvSTDP(STDP):
             # the conv update is made from the spikes alone, before y is looked at
             stats = self.conv_update(learn, extra["ltp"], extra["ltd"], counts[learn])
         self.samples_seen += x.shape[0]
-        with torch.no_grad():
-            h = self.features(counts)
-            logits = self.readout.drive(h)
-            loss, e = self.output_error(logits, y)
-            gw, gb = self.readout.weight_grad(e, h)
-        self.apply_updates({self.readout.weight: gw, self.readout.bias: gb})
+        loss, logits = self.delta_rule(self.readout, self.features(counts), y)
         rates = {f"rate_{l.name}": (c.mean() / self.opts.conv_time_steps).item() for l, c in zip(self.convs, counts)}
         return {"loss": loss, "correct": (logits.argmax(1) == y).sum(), **rates, **stats}
 
