@@ -131,19 +131,22 @@ def test_cnn_on_mnist_sized_input():
     assert torch.isfinite(out["loss"]) and out["energy_last"] <= out["energy_first"]
 
 
-def test_pooled_local_backward_matches_the_layer():
-    # the relaxation reuses the pooling indices instead of Layer.post_backward's autograd:
-    # it must be the same map (odd 7x7 maps floor to 3x3)
-    from bioplausible.algorithms.pc import PredictiveCoding
+def test_pooled_local_backward_matches_autograd():
+    # Layer.post_with_backward (the relaxation's and the explicit rules' local backward)
+    # reuses the pooling indices instead of autograd: it must be the same map (odd 7x7 maps
+    # floor to 3x3), for closed-form activations and for the autograd fallback (gelu)
     from bioplausible.models import Layer
 
-    for act in ("relu", "tanh"):
+    for act in ("relu", "tanh", "gelu"):
         layer = Layer("conv", 3, 4, act=act, pool=2)
         a = torch.randn(5, 4, 7, 7, generator=torch.Generator().manual_seed(0))
-        mu, back = PredictiveCoding._post(layer, a)
+        mu, back = layer.post_with_backward(a)
         g = torch.randn(mu.shape, generator=torch.Generator().manual_seed(1))
+        a_ = a.clone().requires_grad_(True)
+        (want,) = torch.autograd.grad(layer.post(a_), a_, g)
         torch.testing.assert_close(mu, layer.post(a))
-        torch.testing.assert_close(back(g), layer.post_backward(a, g))
+        torch.testing.assert_close(back(g), want)
+        torch.testing.assert_close(layer.post_backward(a, g), want)
 
 
 def test_stable_rate_keeps_relaxation_downhill_when_weights_grow():

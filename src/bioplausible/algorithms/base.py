@@ -164,11 +164,10 @@ class ExplicitBackward(Learner):
     @torch.no_grad()
     def compute_grads(self, x: torch.Tensor, y: torch.Tensor):
         layers = self.stack.layers
-        inputs, drives = self.stack.forward_cache(x)
-        logits = layers[-1].post(drives[-1])
+        inputs, drives, backs, logits = self.stack.forward_local(x)
         loss, e = self.output_error(logits, y)
         grads: dict[nn.Parameter, torch.Tensor | None] = {}
-        delta = layers[-1].post_backward(drives[-1], e)
+        delta = backs[-1](e)
         for l in range(len(layers) - 1, -1, -1):
             gw, gb = layers[l].weight_grad(delta, inputs[l])
             grads[layers[l].weight] = gw
@@ -176,7 +175,7 @@ class ExplicitBackward(Learner):
                 grads[layers[l].bias] = gb
             if l > 0:
                 grad_h = self.hidden_error(l - 1, delta, inputs[l].shape, e)
-                delta = layers[l - 1].post_backward(drives[l - 1], grad_h)
+                delta = backs[l - 1](grad_h)
         return loss, logits, grads
 
     def train_step(self, x, y):

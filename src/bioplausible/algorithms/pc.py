@@ -59,12 +59,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..criteria.claims import Claims, no, yes
-from ..models.layers import ACTIVATIONS, act_derivative
 from .base import Learner
-
-
-# activations whose derivative `act_derivative` gives in closed form
-_CLOSED_FORM = ("relu", "tanh", "sigmoid", "identity", "hardsigmoid01", "leaky_relu")
 
 
 class PCOptions(BaseModel):
@@ -135,30 +130,12 @@ class PredictiveCoding(Learner):
         energy = -logp.gather(1, y[:, None]).squeeze(1)
         return energy, logp.exp() - target
 
-    @staticmethod
-    def _post(layer, a: torch.Tensor):
-        """mu = layer.post(a), and a function mapping dF/dmu to dF/da (= layer.post_backward).
-
-        For max-pooled layers the pooling indices of the forward computation are kept and
-        reused, so the backward step does not pool again under autograd (pooling dominated
-        the CNN's relaxation time on CPU)."""
-        if layer.pool <= 1 or layer.act not in _CLOSED_FORM:
-            return layer.post(a), lambda g: layer.post_backward(a, g)
-        h = ACTIVATIONS[layer.act](a)
-        mu, idx = F.max_pool2d(h, layer.pool, return_indices=True)
-
-        def back(g: torch.Tensor) -> torch.Tensor:
-            up = F.max_unpool2d(g.view(mu.shape), idx, layer.pool, output_size=h.shape[-2:])
-            return up * act_derivative(layer.act, a, h)
-
-        return mu, back
-
     def _predict_all(self, values: list[torch.Tensor], first: tuple):
         """Drives a_l = W_l v_{l-1} + b_l, predictions mu_l = post(a_l) and their local
         backward maps, for every layer. The input is clamped, so the first layer's are
         computed once per batch (`first`)."""
         layers = self.stack.layers
-        out = [first] + [(a, *self._post(layer, a)) for layer, a in
+        out = [first] + [(a, *layer.post_with_backward(a)) for layer, a in
                          ((layer, layer.drive(v)) for layer, v in zip(layers[1:], values[1:-1]))]
         drives, mus, backs = (list(t) for t in zip(*out))
         return drives, mus, backs
@@ -192,7 +169,7 @@ class PredictiveCoding(Learner):
                 values.append(x.new_zeros((len(x), *shape)))
         values.append(target)
         first_drive = layers[0].drive(x)
-        first = (first_drive, *self._post(layers[0], first_drive))
+        first = (first_drive, *layers[0].post_with_backward(first_drive))
 
         rate, tol, n = self.opts.inference_rate, self.opts.tol, len(x)
         # Gradient descent on F is stable only while rate < 2 / curvature, and the curvature

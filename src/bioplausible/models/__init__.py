@@ -55,6 +55,20 @@ class Stack(nn.Module):
             x = layer.post(a)
         return inputs, drives
 
+    def forward_local(self, x: torch.Tensor):
+        """`forward_cache` plus each layer's local backward map (`Layer.post_with_backward`,
+        which keeps the max-pooling indices of this pass) and the network output.
+
+        Returns (inputs, drives, backs, output)."""
+        inputs, drives, backs = [], [], []
+        for layer in self.layers:
+            inputs.append(x)
+            a = layer.drive(x)
+            drives.append(a)
+            x, back = layer.post_with_backward(a)
+            backs.append(back)
+        return inputs, drives, backs, x
+
     def activations(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         out = {}
         for layer in self.layers:
