@@ -292,14 +292,20 @@ class ConvSTDP(STDP):
             h = h * (math.sqrt(h.shape[1]) / h.norm(dim=1, keepdim=True).clamp_min(1e-12))
         return h
 
-    def train_step(self, x, y):
+    def unsupervised_stage(self, x):
+        """Present x, let the conv layer whose turn it is learn by STDP, and return
+        (spike counts per layer, simulation extras, stats). Labels are not an argument: the
+        conv update is made from the spikes alone."""
         learn = self.learning_layer()
         counts, extra = self.simulate(x, learn=learn, train=True)
         stats = {}
         if learn is not None:
-            # the conv update is made from the spikes alone, before y is looked at
             stats = self.conv_update(learn, extra["ltp"], extra["ltd"], counts[learn])
         self.samples_seen += x.shape[0]
+        return counts, extra, stats
+
+    def train_step(self, x, y):
+        counts, extra, stats = self.unsupervised_stage(x)
         loss, logits = self.delta_rule(self.readout, self.features(counts), y)
         rates = {f"rate_{l.name}": (c.mean() / self.opts.conv_time_steps).item() for l, c in zip(self.convs, counts)}
         return {"loss": loss, "correct": (logits.argmax(1) == y).sum(), **rates, **stats}
@@ -406,12 +412,7 @@ class ConvRSTDP(ConvSTDP, RSTDP):
         return key.view(key.shape[0], -1, self.opts.decision_per_class).max(2).values
 
     def train_step(self, x, y):
-        learn = self.learning_layer()
-        counts, extra = self.simulate(x, learn=learn, train=True)
-        stats = {}
-        if learn is not None:
-            stats = self.conv_update(learn, extra["ltp"], extra["ltd"], counts[learn])
-        self.samples_seen += x.shape[0]
+        counts, extra, stats = self.unsupervised_stage(x)
         stats.update(self.learn_decision(extra["state"], y))
         scores = self.scores(counts, extra["state"])
         loss = F.cross_entropy(scores, y)  # tracks training only; nothing learns from it
