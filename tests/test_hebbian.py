@@ -33,6 +33,17 @@ def test_hebbian_cnn_learns_on_digits(digits):
     assert row["metrics"]["test_acc"] >= 0.60  # measured 0.832; chance 0.10
 
 
+def test_cnn_default_is_one_wide_conv_layer(digits):
+    # without --channels the rule uses its own wide conv layer; given channels are kept
+    wide = _learner(digits, model="cnn")
+    assert [(l.kind, l.out_features) for l in wide.hidden] == [("conv", 96)]
+    assert wide.readout.in_features == 96 * 4 * 4  # 8x8 digits, one 2x2 pooling
+    given = _learner(digits, model="cnn", channels=(4, 8, 8))
+    assert [l.out_features for l in given.hidden] == [4, 8, 8]
+    kept = _learner(digits, model="cnn", rule_options={"wide_default": False})
+    assert [l.out_features for l in kept.hidden] == [32, 64, 64]
+
+
 def _steps(learner, data, labels, n=4):
     torch.manual_seed(0)
     for xb, yb in list(data.batches(64, 0, 1))[:n]:

@@ -117,3 +117,19 @@ def test_linear_readout_learns_and_leaves_stdp_label_free(digits):
     assert torch.equal(a.exc.weight, b.exc.weight)
     assert not torch.equal(a.readout.weight, b.readout.weight)
     assert a.exc.weight.grad is None
+
+
+def test_eval_time_steps_lengthens_test_presentations_only(digits):
+    # training is the same whatever the evaluation length; evaluation then runs longer
+    # (more spikes per sample) and reports rates per step, not counts
+    xb, yb = next(iter(digits.batches(32, 0, 1)))
+    a = _learner(n_neurons=20, readout="linear")
+    b = _learner(n_neurons=20, readout="linear", eval_time_steps=256)
+    a.train_step(xb, yb)
+    b.train_step(xb, yb)
+    assert torch.equal(a.exc.weight, b.exc.weight)
+    ca, _ = a.respond(xb)
+    cb, _ = b.respond(xb)
+    assert cb.sum() > 2 * ca.sum()
+    ra, rb = a.activations(xb)["fc1"], b.activations(xb)["fc1"]
+    assert 0.5 < float(rb.mean() / ra.mean()) < 2.0

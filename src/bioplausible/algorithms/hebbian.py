@@ -60,7 +60,11 @@ Architecture handling: on the MLP, ``cfg.widths`` is respected when given. When 
 the runner builds the paper's 1024-512-256 stack; by default (``wide_default=True``) this
 rule then replaces it by one wide hidden layer of 2000 units (Krotov & Hopfield's and
 Moraitis et al.'s size), the setting in which competitive Hebbian learning is known to work
-on MNIST; ``wide_default=False`` keeps the 1024-512-256 stack. On the CNN the conv blocks are
+on MNIST; ``wide_default=False`` keeps the 1024-512-256 stack. Likewise on the CNN, when
+``cfg.channels`` is None, the rule uses one wide conv layer of 96 maps (``wide_channels``; the
+first layer of Journé et al.'s network, which showed that these layers need width): on mnist5k
+(3 epochs) a readout on it reached 94.0% test against 80.7% for the 32-64-64 stack, and
+``--channels`` (or ``wide_default=False``) gives any other stack. The conv blocks are
 Hebbian and, by default (``cnn_skip_projection=True``), the readout reads the last conv
 block's flattened output directly: the stack's dense projection is dropped, because a
 competitive Hebbian (or random) 256-unit projection is a bottleneck for the readout (see
@@ -104,6 +108,8 @@ class HebbianOptions(BaseModel):
     hebb_steps: int = Field(0, ge=0)  # hidden learning stops after this many steps; 0 = never
     wide_default: bool = True
     wide_width: int = Field(2000, ge=1)
+    # the CNN's conv channels when cfg.channels is None and wide_default is on
+    wide_channels: tuple[int, ...] = (96,)
     cnn_skip_projection: bool = True
 
 
@@ -129,6 +135,11 @@ class Hebbian(Learner):
             act = self.cfg.act or self.default_act
             self.stack = build("mlp", self.stack.input_shape, self.stack.num_classes, seed=self.cfg.seed,
                                widths=(o.wide_width,), act=act).to(dev)
+        if self.stack.arch == "cnn" and self.cfg.channels is None and o.wide_default:
+            dev = self.stack.layers[0].weight.device
+            act = self.cfg.act or self.default_act
+            self.stack = build("cnn", self.stack.input_shape, self.stack.num_classes, seed=self.cfg.seed,
+                               channels=o.wide_channels, act=act).to(dev)
         if self.stack.arch == "cnn" and o.cnn_skip_projection:
             self.stack = self.without_projection(self.stack)
         with torch.no_grad():

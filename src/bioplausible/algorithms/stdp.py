@@ -87,6 +87,9 @@ class STDPOptions(BaseModel):
 
     n_neurons: int | None = Field(None, ge=1)
     time_steps: int = Field(64, ge=1)
+    # steps per presentation at evaluation; None = time_steps. Longer test presentations
+    # average out more of the Poisson noise (Diehl & Cook present test images as long as training ones)
+    eval_time_steps: int | None = Field(None, ge=1)
     encoding: Literal["poisson", "rate"] = "poisson"
     spikes_per_step: float = Field(8.0, gt=0)  # mean input spikes per step per sample
     tau_mem: float = Field(20.0, gt=0)  # in steps
@@ -283,7 +286,7 @@ class STDP(Learner):
         ltd = torch.zeros_like(ltp) if learn else None
         pre_rec, post_rec = [], []
         state = self.begin_presentation(B, x.device, p.dtype, learn)
-        for t in range(o.time_steps):
+        for t in range(self.presentation_steps(learn)):
             s_in = encode(p, t, o.encoding, gen)
             pre_trace = dpre * pre_trace + s_in
             post_trace_before = exc.trace
@@ -300,6 +303,10 @@ class STDP(Learner):
             extra["pre"] = torch.stack(pre_rec)
             extra["post"] = torch.stack(post_rec)
         return exc.count, extra
+
+    def presentation_steps(self, learn: bool) -> int:
+        o = self.opts
+        return o.time_steps if learn or o.eval_time_steps is None else o.eval_time_steps
 
     # hooks for the decision layer of R-STDP
     def begin_presentation(self, batch, device, dtype, learn):
@@ -355,7 +362,7 @@ class STDP(Learner):
     def rate_features(self, counts: torch.Tensor) -> torch.Tensor:
         """Spike rates scaled to unit RMS per sample: the linear readout's input (so its
         learning rate does not depend on how many spikes a sample evokes)."""
-        h = counts / self.opts.time_steps
+        h = counts  # rates up to the presentation's length, which the scaling removes
         return h * (h.shape[1] ** 0.5 / h.norm(dim=1, keepdim=True).clamp_min(1e-12))
 
     def scores(self, counts: torch.Tensor, state) -> torch.Tensor:
@@ -392,7 +399,7 @@ class STDP(Learner):
     @torch.no_grad()
     def activations(self, x):
         counts, state = self.respond(x)
-        rates = counts / self.opts.time_steps
+        rates = counts / self.presentation_steps(learn=False)
         return {"fc1": rates, "out": self.scores(counts, state)}
 
 
