@@ -43,9 +43,12 @@ HPARAMS: dict[str, dict] = {
     # the rule's default 1600 excitatory neurons (Diehl & Cook's 91.9% size). With their
     # response-based vote (readout="assign") one epoch gave 85.20% at batch 64, 82.88% at 128
     # (82.38% after two epochs), 82.48% at 16; the linear delta-rule readout of the same spikes:
-    "stdp": {"epochs": 1, "batch_size": 64, "rule_options": {"readout": "linear"}},  # 2 epochs: 88.04%
+    # 1600 neurons, linear readout: 89.07% after one epoch, 88.04% after two. 6400 neurons is
+    # Diehl & Cook's largest network (95.0% with their vote):
+    "stdp": {"epochs": 1, "batch_size": 64, "rule_options": {"readout": "linear", "n_neurons": 6400}},
     "rstdp": {"epochs": 1},
-    "wp": {"lr": 1e-2, "epochs": 5},
+    # lr 1e-2 diverged on full MNIST (training loss 81 after one epoch, test 69.8%)
+    "wp": {"lr": 1e-3, "epochs": 2},
 }
 MODEL_HPARAMS: dict[tuple[str, str], dict] = {
     ("bp", "cnn"): {"epochs": 10},
@@ -57,8 +60,12 @@ MODEL_HPARAMS: dict[tuple[str, str], dict] = {
     ("local", "cnn"): {"epochs": 10},
     ("ff", "cnn"): {"epochs": 10, "lr": 1e-3, "batch_size": 64},  # channel-wise objective (see ff.py)
     ("dtp", "cnn"): {"epochs": 4},
-    ("hebbian", "cnn"): {"epochs": 3},
-    ("pc", "cnn"): {"epochs": 5},  # 2 epochs: 98.33%
+    # one wide conv layer (96 maps) read out directly: competitive Hebbian features need width
+    # (Journe et al. 2023); the 32-64-64 stack gave 93.93% after 3 epochs
+    ("hebbian", "cnn"): {"epochs": 10, "channels": (96,)},
+    # T=8 inference steps: on mnist5k (4 epochs) as accurate as T=20 (0.970 vs 0.966 test) at a
+    # third of the cost; T=20 on full MNIST: 98.54% after 5 epochs (98.33% after 2)
+    ("pc", "cnn"): {"epochs": 15, "rule_options": {"T": 8}},
     ("ep", "cnn"): {"epochs": 1},
     ("np", "cnn"): {"epochs": 1},
     ("wp", "cnn"): {"epochs": 1},
