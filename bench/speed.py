@@ -1,6 +1,7 @@
 """Training speed per rule, its ratio to backprop, and the achieved FLOP rate.
 
     python bench/speed.py [--rules bp,fa,dfa,signsym] [--model mlp] [--batch 256] [--device auto]
+                          [--opt pc.T=8 ...]
 
 All rules are timed in this one process on the same synthetic MNIST-shaped batches, so the
 ratios to BP are free of machine-to-machine noise. The MLP's training-step FLOP rate
@@ -11,6 +12,7 @@ with a plain matmul of the step's largest shape timed in the same run.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
 
@@ -26,8 +28,9 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def make_learner(rule, model, batch, device, widths, input_shape):
-    cfg = RunConfig(rule=rule, model=model, batch_size=batch, widths=widths, device=str(device))
+def make_learner(rule, model, batch, device, widths, input_shape, options=None):
+    cfg = RunConfig(rule=rule, model=model, batch_size=batch, widths=widths, device=str(device),
+                    rule_options=(options or {}).get(rule, {}))
     return build_learner(cfg, input_shape, 10, device)
 
 
@@ -61,6 +64,22 @@ def time_against_bp(learner, bp, xs, ys, steps, warmup, rounds, device):
     return statistics.median(own), statistics.median(ref), ratio
 
 
+def parse_options(items: list[str]) -> dict[str, dict]:
+    """["pc.T=8", "np.antithetic=false"] -> {"pc": {"T": 8}, "np": {"antithetic": False}}."""
+    out: dict[str, dict] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        rule, dot, name = key.partition(".")
+        if not (sep and dot and rule and name):
+            raise SystemExit(f"--opt {item!r}: expected RULE.KEY=VALUE, e.g. pc.T=8")
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = value
+        out.setdefault(rule, {})[name] = parsed
+    return out
+
+
 def matmul_rate(m, k, n, device, reps=20):
     a = torch.randn(m, k, device=device)
     b = torch.randn(k, n, device=device)
@@ -84,7 +103,10 @@ def main():
     ap.add_argument("--rounds", type=int, default=5, help="alternating BP/rule timing blocks per rule")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--opt", action="append", default=[], metavar="RULE.KEY=VALUE",
+                    help="a rule option, e.g. pc.T=8 (repeatable; VALUE is read as JSON when it parses)")
     args = ap.parse_args()
+    options = parse_options(args.opt)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
@@ -94,14 +116,16 @@ def main():
     rules.insert(0, "bp")
     input_shape = (1, 28, 28)
     widths = (1024, 512, 256)
-    print(f"device {device}, model {args.model}, batch {args.batch}, torch threads {torch.get_num_threads()}")
+    print(f"device {device}, model {args.model}, batch {args.batch}, torch threads {torch.get_num_threads()}"
+          + (f", options {options}" if options else ""))
     xs, ys = make_batches(args.batch, device, input_shape)
     bp = make_learner("bp", args.model, args.batch, device, widths, input_shape)
     time_steps(bp, xs, ys, args.warmup, device)
     results, ratios = {}, {}
     for rule in rules:
         try:
-            learner = bp if rule == "bp" else make_learner(rule, args.model, args.batch, device, widths, input_shape)
+            learner = bp if rule == "bp" else make_learner(rule, args.model, args.batch, device, widths, input_shape,
+                                                           options)
             dt, _, ratio = time_against_bp(learner, bp, xs, ys, args.steps, args.warmup, args.rounds, device)
         except Exception as e:  # a rule that can't run this model is reported, not fatal
             print(f"{rule:10s} skipped: {type(e).__name__}: {str(e).splitlines()[0]}")
