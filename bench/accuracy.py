@@ -2,7 +2,7 @@
 
     bioplausible data fetch mnist && bioplausible data fetch fashion-mnist
     python bench/accuracy.py [--rules bp,fa] [--data mnist,fashion-mnist] [--models mlp,cnn]
-                             [--epochs N] [--seed 0] [--store results/bench.sqlite] [--device auto]
+                             [--epochs N] [--widths 1024,512,256] [--seed 0] [--store results/bench.sqlite] [--device auto]
 
 Every run is recorded in the results store (config, seed, versions, timings), so the table
 printed at the end, and `bioplausible results --store ...`, read only recorded runs; a
@@ -77,10 +77,13 @@ MODEL_HPARAMS: dict[tuple[str, str], dict] = {
 }
 
 
-def config_for(rule: str, model: str, data: str, seed: int, epochs: int | None, device: str) -> RunConfig:
+def config_for(rule: str, model: str, data: str, seed: int, epochs: int | None, device: str,
+               widths: tuple[int, ...] | None = None) -> RunConfig:
     kw = {"batch_size": 128, "lr_schedule": "cosine", **HPARAMS.get(rule, {}), **MODEL_HPARAMS.get((rule, model), {})}
     if epochs is not None:
         kw["epochs"] = epochs
+    if widths is not None:
+        kw["widths"] = widths
     if model == "mlp":
         kw.setdefault("widths", PAPER_WIDTHS)
     else:
@@ -121,6 +124,8 @@ def main():
     ap.add_argument("--data", default="mnist,fashion-mnist")
     ap.add_argument("--models", default="mlp,cnn")
     ap.add_argument("--epochs", type=int, default=None, help="override every rule's epochs")
+    ap.add_argument("--widths", default=None,
+                    help="override every rule's MLP widths, e.g. 1024,512,256 (EP on the paper's MLP)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--store", default="results/bench.sqlite")
     ap.add_argument("--device", default="auto")
@@ -135,6 +140,7 @@ def main():
         return
     if args.threads:
         torch.set_num_threads(args.threads)
+    widths = tuple(int(w) for w in args.widths.split(",")) if args.widths else None
     store = Store(args.store)
     rows = []
     for data_name in args.data.split(","):
@@ -148,7 +154,7 @@ def main():
                 if model not in get(rule).architectures:
                     print(f"skipping {rule}/{model}: the rule does not support this model")
                     continue
-                cfg = config_for(rule, model, data_name, args.seed, args.epochs, args.device)
+                cfg = config_for(rule, model, data_name, args.seed, args.epochs, args.device, widths)
                 t0 = time.perf_counter()
 
                 def on_epoch(r, rule=rule, model=model):
