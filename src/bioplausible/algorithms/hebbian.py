@@ -130,16 +130,13 @@ class Hebbian(Learner):
     # -- construction ----------------------------------------------------------------------
     def setup(self) -> None:
         o = self.opts
-        if self.stack.arch == "mlp" and self.cfg.widths is None and o.wide_default:
+        # the rule's own wide shape, unless the config names one
+        own = {"mlp": ("widths", (o.wide_width,)), "cnn": ("channels", o.wide_channels)}.get(self.stack.arch)
+        if own and o.wide_default and getattr(self.cfg, own[0]) is None:
             dev = self.stack.layers[0].weight.device
             act = self.cfg.act or self.default_act
-            self.stack = build("mlp", self.stack.input_shape, self.stack.num_classes, seed=self.cfg.seed,
-                               widths=(o.wide_width,), act=act).to(dev)
-        if self.stack.arch == "cnn" and self.cfg.channels is None and o.wide_default:
-            dev = self.stack.layers[0].weight.device
-            act = self.cfg.act or self.default_act
-            self.stack = build("cnn", self.stack.input_shape, self.stack.num_classes, seed=self.cfg.seed,
-                               channels=o.wide_channels, act=act).to(dev)
+            self.stack = build(self.stack.arch, self.stack.input_shape, self.stack.num_classes, seed=self.cfg.seed,
+                               act=act, **{own[0]: own[1]}).to(dev)
         if self.stack.arch == "cnn" and o.cnn_skip_projection:
             self.stack = self.without_projection(self.stack)
         with torch.no_grad():
