@@ -12,13 +12,13 @@ with a plain matmul of the step's largest shape timed in the same run.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 
 import torch
 
 from bioplausible.algorithms import RULES
+from bioplausible.cli import parse_options as parse_rule_options
 from bioplausible.config import RunConfig
 from bioplausible.experiments.runner import build_learner, resolve_device
 
@@ -72,11 +72,7 @@ def parse_options(items: list[str]) -> dict[str, dict]:
         rule, dot, name = key.partition(".")
         if not (sep and dot and rule and name):
             raise SystemExit(f"--opt {item!r}: expected RULE.KEY=VALUE, e.g. pc.T=8")
-        try:
-            parsed = json.loads(value)
-        except json.JSONDecodeError:
-            parsed = value
-        out.setdefault(rule, {})[name] = parsed
+        out.setdefault(rule, {}).update(parse_rule_options([f"{name}={value}"]))
     return out
 
 
