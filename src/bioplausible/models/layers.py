@@ -32,6 +32,9 @@ ACTIVATIONS = {
 }
 
 
+# non-decreasing activations (max-pooling commutes with them)
+MONOTONE = ("relu", "tanh", "sigmoid", "identity", "hardsigmoid01", "leaky_relu")
+
 # activations whose derivative `act_derivative` gives in closed form
 CLOSED_FORM = ("relu", "tanh", "sigmoid", "identity", "hardsigmoid01", "leaky_relu")
 
@@ -133,6 +136,10 @@ class Layer(nn.Module):
 
     def post(self, a: torch.Tensor) -> torch.Tensor:
         """Activation, then max-pooling for conv layers with `pool > 1`."""
+        if self.pool > 1 and self.act in MONOTONE:
+            # max-pooling commutes with a non-decreasing activation: pooling first gives the
+            # same values (and the same gradient) and runs the activation on a quarter of them
+            return ACTIVATIONS[self.act](F.max_pool2d(a, self.pool))
         h = ACTIVATIONS[self.act](a)
         if self.pool > 1:
             h = F.max_pool2d(h, self.pool)
