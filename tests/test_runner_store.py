@@ -97,3 +97,15 @@ def test_select(tmp_path, digits):
 def test_config_rejects_bad_values(kw, match):
     with pytest.raises(ValueError, match=match):
         _cfg(**kw)
+
+
+def test_config_records_every_rule_option_default():
+    """A config holds the rule's options with their defaults filled in, so the same run asked
+    for with or without a default spelt out has one key, and a run of a rule whose default
+    later changes cannot match a run recorded under the old default."""
+    plain = _cfg(rule="np")
+    assert plain.rule_options["n_perturbations"] == 16 and "site" in plain.rule_options
+    assert _cfg(rule="np", rule_options={"n_perturbations": 16}).key() == plain.key()
+    assert _cfg(rule="np", rule_options={"n_perturbations": 4}).key() != plain.key()
+    # a stored config read back is the same experiment
+    assert RunConfig(**plain.model_dump()).key() == plain.key()

@@ -37,15 +37,29 @@ class RunConfig(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _resolve_act(cls, data: Any) -> Any:
+    def _resolve_defaults(cls, data: Any) -> Any:
         # The rule's default activation is written into the config, so the stored config
         # says which one ran and the run's key changes if a rule's default ever does (a
         # store must not answer "already done" with a run of another network).
-        if isinstance(data, dict) and data.get("act") is None:
+        if isinstance(data, dict) and data.get("rule") is not None:
+            from pydantic import ValidationError
+
             from .algorithms import RULES, get
 
-            if data.get("rule") in RULES:
-                data = {**data, "act": get(data["rule"]).default_act}
+            if data["rule"] in RULES:
+                rule = get(data["rule"])
+                if data.get("act") is None:
+                    data = {**data, "act": rule.default_act}
+                # Likewise every rule option, defaults included: a run of a rule whose default
+                # later changes gets another key instead of matching the old run. Options
+                # that do not validate are kept as given; the learner names the bad one
+                # when the run starts (and the run is recorded as failed).
+                try:
+                    opts = rule.Options(**(data.get("rule_options") or {})).model_dump(mode="json")
+                except (ValidationError, TypeError):
+                    pass
+                else:
+                    data = {**data, "rule_options": opts}
         return data
 
     @field_validator("widths", "channels")
