@@ -68,7 +68,7 @@ first layer of Journé et al.'s network, which showed that these layers need wid
 Hebbian and, by default (``cnn_skip_projection=True``), the readout reads the last conv
 block's flattened output directly: the stack's dense projection is dropped, because a
 competitive Hebbian (or random) 256-unit projection is a bottleneck for the readout (see
-`without_projection`); with ``cnn_skip_projection=False`` the projection is a Hebbian hidden
+`setup`); with ``cnn_skip_projection=False`` the projection is a Hebbian hidden
 layer too. Hidden biases are zeroed
 and frozen (the rules above have no bias term).
 """
@@ -83,7 +83,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..criteria.claims import Claims, no, partial, yes
-from ..models import Layer, Stack, build
+from ..models import Layer, build, without_projection
 from .base import Learner
 
 
@@ -138,7 +138,10 @@ class Hebbian(Learner):
             self.stack = build(self.stack.arch, self.stack.input_shape, self.stack.num_classes, seed=self.cfg.seed,
                                act=act, **{own[0]: own[1]}).to(dev)
         if self.stack.arch == "cnn" and o.cnn_skip_projection:
-            self.stack = self.without_projection(self.stack)
+            # a competitive layer narrower than its input is a bottleneck: on mnist5k a
+            # readout on the conv3 output beat one on a 256-unit Hebbian or random
+            # projection by ~3 points
+            self.stack = without_projection(self.stack, self.cfg.seed + 1)
         with torch.no_grad():
             for layer in self.hidden:
                 w = layer.weight.view(layer.out_features, -1)
@@ -150,22 +153,6 @@ class Hebbian(Learner):
         self.hidden_lr = o.hidden_lr if o.hidden_lr is not None else (0.3 if self.stack.arch == "mlp" else 0.05)
         # checkpointed with the module, so a resumed run knows how far hidden learning got
         self.register_buffer("hebb_steps_done", torch.zeros((), dtype=torch.long))
-
-    def without_projection(self, stack: Stack) -> Stack:
-        """[conv blocks, readout on the last conv block's flattened output]: the dense
-        projection is dropped (a competitive layer narrower than its input is a bottleneck:
-        on mnist5k a readout on the conv3 output beat one on a 256-unit Hebbian or random
-        projection by ~3 points)."""
-        convs = [l for l in stack.layers if l.kind == "conv"]
-        flat = math.prod(Stack(convs, "cnn", stack.input_shape, stack.num_classes).output_shapes()[-1])
-        dev = convs[0].weight.device
-        g = torch.random.get_rng_state()
-        torch.manual_seed(self.cfg.seed + 1)
-        try:
-            out = Layer("linear", flat, stack.num_classes, act="identity", name="out")
-        finally:
-            torch.random.set_rng_state(g)
-        return Stack([*convs, out.to(dev)], "cnn", stack.input_shape, stack.num_classes)
 
     @property
     def hidden(self) -> list[Layer]:

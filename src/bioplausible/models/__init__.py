@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -9,7 +10,7 @@ from torch import nn
 
 from .layers import ACTIVATIONS, Layer, act_derivative
 
-__all__ = ["ARCHITECTURES", "Layer", "Stack", "build", "act_derivative", "ACTIVATIONS"]
+__all__ = ["ARCHITECTURES", "Layer", "Stack", "build", "act_derivative", "ACTIVATIONS", "without_projection"]
 
 # The reference paper's MLP: 784-1024-512-256-10.
 PAPER_MLP_WIDTHS = (1024, 512, 256)
@@ -112,6 +113,21 @@ def cnn(input_shape, num_classes, channels=None, projection=None, act="relu", ke
     layers.append(Layer("linear", flat, projection, act=act, name="proj"))
     layers.append(Layer("linear", projection, num_classes, act=out_act, name="out"))
     return Stack(layers, "cnn", input_shape, num_classes)
+
+
+def without_projection(stack: Stack, seed: int) -> Stack:
+    """The CNN `stack` with its dense projection dropped: [conv blocks, a new linear readout
+    on the last conv block's flattened output], the readout drawn from `seed` (independent
+    of the global RNG). For rules whose learning suffers from a wide dense layer."""
+    convs = [l for l in stack.layers if l.kind == "conv"]
+    flat = math.prod(Stack(convs, "cnn", stack.input_shape, stack.num_classes).output_shapes()[-1])
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        out = Layer("linear", flat, stack.num_classes, act="identity", name="out")
+    finally:
+        torch.random.set_rng_state(state)
+    return Stack([*convs, out.to(convs[0].weight.device)], "cnn", stack.input_shape, stack.num_classes)
 
 
 @dataclass(frozen=True)
