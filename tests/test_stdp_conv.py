@@ -195,3 +195,20 @@ def test_stdp_features_beat_unlearned_kernels():
     learned, unlearned = accs
     assert learned >= 0.85  # chance 0.10
     assert learned >= unlearned + 0.01, accs
+
+
+def test_decision_dropout_silences_neurons_in_training_only(digits):
+    """With decision-neuron dropout a silenced neuron gets no input in that presentation, so
+    it never wins and its weights do not change; evaluation uses every neuron."""
+    xb, yb = next(iter(digits.batches(32, 0, 1)))
+    L = _learner(rule="rstdp", decision_dropout=0.5)
+    plain = _learner(rule="rstdp")
+    plain.load_state_dict(L.state_dict())
+    counts, extra = L.simulate(xb, learn=None, train=True)
+    state = extra["state"]
+    keep = state["keep"]
+    assert 0.3 < float(keep.mean()) < 0.7
+    win = L.winners(state)
+    assert torch.all(keep.gather(1, win.view(-1, 1)) == 1)
+    assert torch.all(state["input"][keep == 0] == 0)
+    torch.testing.assert_close(L.predict(xb), plain.predict(xb), rtol=0, atol=0)

@@ -119,6 +119,7 @@ class STDPOptions(BaseModel):
     eta_reward: float = Field(0.1, ge=0)
     eta_punish: float = Field(0.05, ge=0)
     decision_thresh: float = Field(2.0, gt=0)
+    decision_dropout: float = Field(0.0, ge=0, lt=1)  # R-STDP: chance a decision neuron is silenced per training sample
     # CNN only (`stdp_conv.ConvSTDP`); shared with the dense rule: encoding, tau_pre, tau_post, w_max
     dog: bool | None = None  # on/off DoG retina; None = on for inputs of 16 px or more
     conv_kernel: int | None = Field(None, ge=1)  # None = 5 (3 on inputs under 16 px)
@@ -426,12 +427,18 @@ class RSTDP(STDP):
         # the spike trains and traces of the presentation are kept (T x batch x n) so that,
         # once the winner is known, its row's STDP terms are gathered without ever forming
         # a per-sample (n_dec x n_exc) tensor
-        return {
+        state = {
             "dec": LIFState(batch, self.n_out(), device, dtype),
             "input": torch.zeros(batch, self.n_out(), device=device, dtype=dtype),
             "exc_trace": torch.zeros(batch, self.n_exc(), device=device, dtype=dtype),
             "rec": [] if learn else None,
         }
+        if learn and self.opts.decision_dropout > 0:
+            # dropout of decision neurons (Mozafari et al.): a silenced neuron gets no input in
+            # this presentation, so it cannot win, and the others get the chance to
+            keep = torch.rand(batch, self.n_out(), generator=self.generator(device), device=device)
+            state["keep"] = (keep >= self.opts.decision_dropout).to(dtype)
+        return state
 
     def decision_dynamics(self) -> tuple[float, float]:
         """Threshold and lateral inhibition of the decision neurons."""
@@ -442,6 +449,8 @@ class RSTDP(STDP):
         state["exc_trace"] = decay(o.tau_pre) * state["exc_trace"] + s
         dec: LIFState = state["dec"]
         current = self.readout.drive(s)
+        if "keep" in state:
+            current = current * state["keep"]
         state["input"] += current
         post_before = dec.trace
         thr, inh = self.decision_dynamics()
@@ -462,6 +471,8 @@ class RSTDP(STDP):
         dec: LIFState = state["dec"]
         # most spikes; ties (including no spike at all) broken by the summed input current
         key = dec.count + 1e-6 * state["input"] / state["input"].abs().max().clamp_min(1e-12)
+        if "keep" in state:
+            key = key - 2.0 * (1 - state["keep"])  # a silenced neuron never wins
         return key.argmax(1)
 
     def scores(self, counts, state):
