@@ -212,3 +212,31 @@ def test_decision_dropout_silences_neurons_in_training_only(digits):
     assert torch.all(keep.gather(1, win.view(-1, 1)) == 1)
     assert torch.all(state["input"][keep == 0] == 0)
     torch.testing.assert_close(L.predict(xb), plain.predict(xb), rtol=0, atol=0)
+
+
+def test_sign_rule_potentiates_inputs_before_the_first_spike_only(digits):
+    """Mozafari et al.'s decision rule: with reward, the winner's synapses from inputs that
+    spiked at or before its first spike grow and every other synapse of it shrinks (soft
+    bounds); punishment reverses both; rows of neurons that did not win stay as they were."""
+    xb, yb = next(iter(digits.batches(1, 0, 1)))
+    L = _learner(rule="rstdp", conv_decision_rule="sign", conv_decision_norm=False, conv_adaptive_rates=False)
+    with torch.no_grad():
+        L.readout.weight.uniform_(0.2, 0.8, generator=torch.Generator().manual_seed(1))
+    for reward in (True, False):
+        _, extra = L.simulate(xb, learn=None, train=True)
+        state = extra["state"]
+        win = int(L.winners(state)[0])
+        sd = torch.stack([r[0] for r in state["rec"]])[:, 0, win]
+        s_in = torch.stack([r[3] for r in state["rec"]])[:, 0]
+        first = int(sd.nonzero()[0]) if sd.any() else len(sd) - 1
+        early = s_in[: first + 1].sum(0) > 0
+        assert early.any() and (~early).any()
+        y = torch.tensor([win // L.opts.decision_per_class if reward else (win // L.opts.decision_per_class + 1) % 10])
+        before = L.readout.weight.clone()
+        L.learn_decision(state, y)
+        d = L.readout.weight - before
+        others = torch.ones(d.shape[0], dtype=torch.bool)
+        others[win] = False
+        assert torch.all(d[others] == 0)
+        sign = 1 if reward else -1
+        assert torch.all(sign * d[win][early] > 0) and torch.all(sign * d[win][~early] < 0)

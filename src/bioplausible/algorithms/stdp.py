@@ -145,6 +145,10 @@ class STDPOptions(BaseModel):
     conv_decision_thresh: float = Field(0.05, gt=0)
     conv_adaptive_rates: bool = True  # conv R-STDP: reward x miss rate, punishment x hit rate (Mozafari)
     conv_decision_norm: bool = True  # conv R-STDP: rescale decision rows to mean 0.8 after each update
+    # conv R-STDP: the winner's synapses change by trace STDP ("trace") or by Mozafari et al.'s
+    # timing-sign rule ("sign": +1 if the input spiked by the winner's first spike, else -1)
+    conv_decision_rule: Literal["trace", "sign"] = "trace"
+    conv_sign_gain: float = Field(3.0, gt=0)  # "sign": step relative to the reward/punishment rate
 
 
 class STDP(Learner):

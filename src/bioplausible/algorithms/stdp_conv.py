@@ -369,7 +369,16 @@ class ConvRSTDP(ConvSTDP, RSTDP):
     and 680 epochs of R-STDP. What limits it here, measured offline on these features
     (mnist5k, max-pooled spike counts of 64 maps): nearest of 10 k-means prototypes per class
     by cosine 0.942 (a logistic readout 0.944), but by the decision neurons' own match, a dot
-    product with mean-normalised weights, 0.774."""
+    product with mean-normalised weights, 0.774.
+
+    ``conv_decision_rule="sign"`` is Mozafari et al.'s own update: only spike order counts,
+    every synapse of the winner changes (+1 if its input spiked by the winner's first spike,
+    -1 otherwise, x ``conv_sign_gain`` x the reward rate, soft bounds). Measured (mnist5k,
+    batch 128, 1,000 test images, seed 0; trace rule beside it): gain 3: 0.855 / 0.896 / 0.900
+    after 3 / 5 / 10 epochs (trace: 0.788 / 0.887 / 0.916); gain 1: 0.830 after 5, gain 10:
+    0.866 after 5; without the row rescaling the depression of silent inputs wins and the
+    layer stays at chance (0.080 after 5). Faster early, no better at the end, so the trace
+    rule stays the default."""
 
     description = "Conv R-STDP (Mozafari et al. 2018): conv STDP layers + decision neurons learning from reward"
     reads_spikes = True
@@ -442,9 +451,16 @@ class ConvRSTDP(ConvSTDP, RSTDP):
         sd, post_before, exc_trace, s_exc = (torch.stack(v) for v in zip(*state["rec"]))  # (T, B, .)
         idx = win.view(1, -1, 1).expand(sd.shape[0], -1, 1)
         sd_w, post_w = sd.gather(2, idx), post_before.gather(2, idx)
-        ratio = o.eta_pre / max(o.eta_post, 1e-12)
-        stdp = (sd_w * exc_trace).sum(0) - ratio * (post_w * s_exc).sum(0)
-        stdp = stdp / sd_w.sum(0).clamp_min(1.0)
+        if o.conv_decision_rule == "sign":
+            # Mozafari et al.'s rule: only the order matters. An input that spiked at or before
+            # the winner's first spike is potentiated, every other one (later or silent) is
+            # depressed; steps after the first spike do not count (all of them when it never fired)
+            upto = (sd_w.cumsum(0) - sd_w) == 0
+            stdp = ((s_exc * upto).sum(0) > 0).to(sd.dtype).mul_(2).sub_(1).mul_(o.conv_sign_gain)
+        else:
+            ratio = o.eta_pre / max(o.eta_post, 1e-12)
+            stdp = (sd_w * exc_trace).sum(0) - ratio * (post_w * s_exc).sum(0)
+            stdp = stdp / sd_w.sum(0).clamp_min(1.0)
         dw = torch.zeros_like(self.readout.weight).index_add_(0, win, r.view(-1, 1) * stdp)
         w = self.readout.weight
         w.add_(dw * w * (1 - w)).clamp_(0.0, 1.0)
