@@ -9,7 +9,8 @@ from bioplausible.algorithms import get
 from bioplausible.algorithms.base import ExplicitBackward
 from bioplausible.config import RunConfig
 from bioplausible.experiments.runner import build_learner, execute
-from bioplausible.models import build
+from bioplausible.models import Layer, build
+from bioplausible.models.layers import ACTIVATIONS
 
 FOUR = ["bp", "fa", "dfa", "signsym"]
 
@@ -141,14 +142,10 @@ def test_same_seed_same_weights(digits):
 def test_pooling_before_a_monotone_activation_changes_nothing(act):
     """`Layer.post` pools before a non-decreasing activation (cheaper): the values and the
     gradient are those of activation-then-pooling."""
-    from bioplausible.models import Layer
-
     layer = Layer("conv", 3, 4, act=act, pool=2)
     a = torch.randn(5, 4, 8, 8, dtype=torch.float64) * 2
     a[0, 0, :2, :2] = -1.0  # a window with no unit on (relu): ties at zero after the activation
     a1, a2 = a.clone().requires_grad_(True), a.clone().requires_grad_(True)
-    from bioplausible.models.layers import ACTIVATIONS
-
     ref = torch.nn.functional.max_pool2d(ACTIVATIONS[act](a1), 2)
     out = layer.post(a2)
     assert torch.equal(out, ref)

@@ -135,7 +135,8 @@ class Layer(nn.Module):
         return a
 
     def post(self, a: torch.Tensor) -> torch.Tensor:
-        """Activation, then max-pooling for conv layers with `pool > 1`."""
+        """Activation and, for conv layers with `pool > 1`, max-pooling (pooling first where
+        the activation is non-decreasing: the same result)."""
         if self.pool > 1 and self.act in MONOTONE:
             # max-pooling commutes with a non-decreasing activation: pooling first gives the
             # same values (and the same gradient) and runs the activation on a quarter of them
