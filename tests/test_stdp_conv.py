@@ -240,3 +240,18 @@ def test_sign_rule_potentiates_inputs_before_the_first_spike_only(digits):
         assert torch.all(d[others] == 0)
         sign = 1 if reward else -1
         assert torch.all(sign * d[win][early] > 0) and torch.all(sign * d[win][~early] < 0)
+
+
+def test_decision_winners_counts_the_rows_that_learn(digits):
+    """The `decision_winners` statistic is the number of decision neurons whose weights the
+    batch changed: only winners learn, and every winner does (the sign rule changes every
+    synapse of a winner)."""
+    xb, yb = next(iter(digits.batches(64, 0, 1)))
+    L = _learner(rule="rstdp", conv_decision_rule="sign")
+    _, extra = L.simulate(xb, learn=None, train=True)
+    win = L.winners(extra["state"])
+    before = L.readout.weight.clone()
+    stats = L.learn_decision(extra["state"], yb)
+    changed = (L.readout.weight != before).any(1)
+    assert stats["decision_winners"] == changed.sum().item() == win.unique().numel()
+    assert 1 <= stats["decision_winners"] <= L.readout.out_features

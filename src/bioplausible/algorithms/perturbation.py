@@ -85,6 +85,10 @@ Measured (CPU, Adam, batch 64, test accuracy; BP with the same net for reference
   0.906. WP's estimate has one dimension per synapse, so it scales badly with width.
   mnist5k, paper MLP, K=16, lr 1e-3, 5 epochs: 0.563 shared noise, 0.665 Flipout (1.5x the
   time per epoch); Flipout and balanced: 0.695 after 2 epochs (3x the time per epoch).
+- WP, mnist5k CNN without the projection, Flipout, K=4 balanced, batch 128, cosine, 10
+  epochs (Adam lr 3e-3: 0.918): half the maps (16-32-32, 2.5x faster per epoch) 0.897;
+  SGD with momentum 0.9 instead of Adam: lr 1e-3 0.776, lr 3e-3 0.757 after 3 then
+  diverged (epoch 6), lr 1e-2 and 5e-2 diverged in epochs 2 and 1.
 """
 
 from __future__ import annotations
