@@ -149,6 +149,10 @@ class STDPOptions(BaseModel):
     # timing-sign rule ("sign": +1 if the input spiked by the winner's first spike, else -1)
     conv_decision_rule: Literal["trace", "sign"] = "trace"
     conv_sign_gain: float = Field(3.0, gt=0)  # "sign": step relative to the reward/punishment rate
+    # conv R-STDP: reward prediction from the decision's confidence, the winner's lead in summed
+    # input over the runner-up relative to its own; a reward counts by (1 - lead / this), so a
+    # decision won by this margin or more learns nothing from its reward. None = every reward counts
+    conv_confidence: float | None = Field(None, gt=0)
 
 
 class STDP(Learner):
