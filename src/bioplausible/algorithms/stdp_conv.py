@@ -428,25 +428,24 @@ class ConvRSTDP(ConvSTDP, RSTDP):
     ~0.96 that a linear readout under the same weight constraint reaches: the next step is
     a decision rule whose fixed point is discriminative, not more neurons.
 
-    ``conv_confidence`` is one such rule: the reward is predicted by the decision's
-    confidence, the winner's lead in summed input over the runner-up (dopamine signals the
-    outcome minus the confidence in the choice, Lak et al. 2017), so a rewarded decision
-    changes the weights by (1 - lead / ``conv_confidence``) of the usual step and a clear win
-    not at all; punishment is unchanged. In the rate model, margin 0.01, rates 0.1 without
-    the adaptive scaling: 0.951 after 15 epochs with the runner-up of any class (as here;
-    0.924 without), 0.955 with the best neuron of another class; punishment scaled by the
-    confidence too: 0.879; rates 0.05: 0.943 after 4 then down to 0.926; 0.5: 0.824 after 10. In the spiking layer (mnist5k,
-    margin 0.01) it speeds learning up but does not lift the plateau: 0.889 / 0.909 / 0.903
-    after 3 / 5 / 8 epochs (default 0.788 / 0.887 / 0.906); without adaptive rates 0.882 /
-    0.905 / 0.887 after 3 / 4 / 7; rates 0.02: 0.751 after 6. The spiking layer's decision
-    agrees with the argmax of its summed input on 90% of test images (0.909 vs 0.896
-    accuracy; default rule after 5 epochs: 0.887 vs 0.908, 92% agreement), so the race to
-    threshold is not what differs from the rate model; its update
-    is: the winner fires once, so its STDP term sees only the input before that spike
-    (correlation 0.62 with the presentation's rates, mean 0.63 against 0.24 on active inputs).
-    An eligibility as long as the presentation (every input spike counts, relative to the
-    largest count; tried, not kept) did not close the gap: 0.840 / 0.866 / 0.877 after
-    3 / 5 / 9 epochs (0.864 after 3 without adaptive rates). Off by default."""
+    ``conv_confidence`` is one such rule: the reward is predicted by the decision's confidence,
+    the winner's lead in summed input over the runner-up (dopamine signals the outcome minus the
+    confidence in the choice, Lak et al. 2017), so a rewarded decision changes the weights by (1
+    - lead / ``conv_confidence``) of the usual step and a clear win not at all; punishment is
+    unchanged. In the rate model, margin 0.01, rates 0.1 without the adaptive scaling: 0.951
+    after 15 epochs with the runner-up of any class (as here; 0.924 without), 0.955 with the
+    best neuron of another class; punishment scaled by the confidence too: 0.879; rates 0.05:
+    0.943 after 4 then down to 0.926; 0.5: 0.824 after 10. In the spiking layer (mnist5k, margin
+    0.01) it speeds learning up but does not lift the plateau: 0.889 / 0.909 / 0.903 after 3 / 5
+    / 8 epochs (default 0.788 / 0.887 / 0.906); without adaptive rates 0.882 / 0.905 / 0.887
+    after 3 / 4 / 7; rates 0.02: 0.751 after 6. The spiking layer's decision agrees with the
+    argmax of its summed input on 90% of test images (0.909 vs 0.896 accuracy; default rule
+    after 5 epochs: 0.887 vs 0.908, 92% agreement), so the race to threshold is not what differs
+    from the rate model; its update is: the winner fires once, so its STDP term sees only the
+    input before that spike (correlation 0.62 with the presentation's rates, mean 0.63 against
+    0.24 on active inputs). An eligibility as long as the presentation (every input spike
+    counts, relative to the largest count; tried, not kept) did not close the gap: 0.840 / 0.866
+    / 0.877 after 3 / 5 / 9 epochs (0.864 after 3 without adaptive rates). Off by default."""
 
     description = "Conv R-STDP (Mozafari et al. 2018): conv STDP layers + decision neurons learning from reward"
     reads_spikes = True
