@@ -274,3 +274,20 @@ def test_a_confident_decision_learns_nothing_from_its_reward(digits, confidence,
     before = L.readout.weight.clone()
     L.learn_decision(state, torch.tensor([cls if rewarded else (cls + 1) % 10]))
     assert (not torch.equal(L.readout.weight, before)) == learns
+
+
+def test_deadline_decision_is_the_most_driven_neuron(digits):
+    """With `conv_decision="deadline"` the winner (the neuron that learns) and the predicted
+    class are those of the decision neuron with the most summed input, not of the race."""
+    xb, _ = next(iter(digits.batches(64, 0, 1)))
+    race, deadline = _learner(rule="rstdp"), _learner(rule="rstdp", conv_decision="deadline")
+    deadline.load_state_dict(race.state_dict())
+    _, extra = deadline.simulate(xb, learn=None, train=True)
+    state = extra["state"]
+    most_driven = state["input"].argmax(1)
+    assert torch.equal(deadline.winners(state), most_driven)
+    assert not torch.equal(race.winners(state), most_driven)  # the race picks others on some images
+    k = deadline.opts.decision_per_class
+    pred = deadline.predict(xb).argmax(1)
+    _, ev = deadline.simulate(xb)
+    assert torch.equal(pred, ev["state"]["input"].argmax(1) // k)

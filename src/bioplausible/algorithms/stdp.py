@@ -153,6 +153,10 @@ class STDPOptions(BaseModel):
     # input over the runner-up relative to its own; a reward counts by (1 - lead / this), so a
     # decision won by this margin or more learns nothing from its reward. None = every reward counts
     conv_confidence: float | None = Field(None, gt=0)
+    # conv R-STDP: the decision is the neuron that fires most in the race to threshold ("race",
+    # Mozafari et al.'s first spike), or the one with the most summed input when the
+    # presentation ends ("deadline"); the winner learns from its own spikes either way
+    conv_decision: Literal["race", "deadline"] = "race"
 
 
 class STDP(Learner):
