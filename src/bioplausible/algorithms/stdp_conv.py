@@ -462,7 +462,8 @@ class ConvRSTDP(ConvSTDP, RSTDP):
     0.946 / 0.931 / 0.926 after epochs 1-8 (the race with the same reward 0.903 after 8, the
     defaults 0.906); with the default reward 0.855 after 5 and 0.923 after 6. So the
     confidence-predicted reward pays only with this decision. `bench/accuracy.py` runs the CNN
-    with both."""
+    with both: full MNIST 94.26% after 3 epochs (92.79 / 93.68 / 94.26 by epoch), against 91.46%
+    with the defaults."""
 
     description = "Conv R-STDP (Mozafari et al. 2018): conv STDP layers + decision neurons learning from reward"
     reads_spikes = True
