@@ -479,19 +479,21 @@ class RSTDP(STDP):
     def update_assignment(self, counts, y):
         pass  # decisions come from the decision neurons, not from a response tally
 
-    def winners(self, state) -> torch.Tensor:
+    def decision_key(self, state) -> torch.Tensor:
+        """Per decision neuron, what the decision ranks: most spikes, ties (including no spike
+        at all) broken by the summed input current."""
         dec: LIFState = state["dec"]
-        # most spikes; ties (including no spike at all) broken by the summed input current
-        key = dec.count + 1e-6 * state["input"] / state["input"].abs().max().clamp_min(1e-12)
+        return dec.count + 1e-6 * state["input"] / state["input"].abs().max().clamp_min(1e-12)
+
+    def winners(self, state) -> torch.Tensor:
+        key = self.decision_key(state)
         if "keep" in state:
-            key = key - 2.0 * (1 - state["keep"])  # a silenced neuron never wins
+            key = key.masked_fill(state["keep"] == 0, float("-inf"))  # a silenced neuron never wins
         return key.argmax(1)
 
     def scores(self, counts, state):
-        dec: LIFState = state["dec"]
-        k = self.opts.decision_per_class
-        key = dec.count + 1e-6 * state["input"] / state["input"].abs().max().clamp_min(1e-12)
-        return key.view(key.shape[0], -1, k).sum(2)
+        key = self.decision_key(state)
+        return key.view(key.shape[0], -1, self.opts.decision_per_class).sum(2)
 
     @torch.no_grad()
     def learn_decision(self, state, y):

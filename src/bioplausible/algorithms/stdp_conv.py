@@ -505,22 +505,15 @@ class ConvRSTDP(ConvSTDP, RSTDP):
     def make_optimizer(self, params, lr=None):
         return STDP.make_optimizer(self, params, lr)
 
-    def winners(self, state) -> torch.Tensor:
-        if self.opts.conv_decision == "race":
-            return super().winners(state)
-        key = state["input"]
-        if "keep" in state:
-            key = key.masked_fill(state["keep"] == 0, float("-inf"))  # a silenced neuron never wins
-        return key.argmax(1)
+    def decision_key(self, state) -> torch.Tensor:
+        if self.opts.conv_decision == "deadline":
+            return state["input"]  # the most-driven neuron when the presentation ends
+        return super().decision_key(state)
 
     def scores(self, counts, state) -> torch.Tensor:
         # the decision is the class of the winning neuron (the one rewarded or punished), so a
         # class scores by its best decision neuron, not by their sum
-        if self.opts.conv_decision == "deadline":
-            key = state["input"]
-        else:
-            dec = state["dec"]
-            key = dec.count + 1e-6 * state["input"] / state["input"].abs().max().clamp_min(1e-12)
+        key = self.decision_key(state)
         return key.view(key.shape[0], -1, self.opts.decision_per_class).max(2).values
 
     def train_step(self, x, y):
