@@ -133,3 +133,48 @@ def test_eval_time_steps_lengthens_test_presentations_only(digits):
     assert cb.sum() > 2 * ca.sum()
     ra, rb = a.activations(xb)["fc1"], b.activations(xb)["fc1"]
     assert 0.5 < float(rb.mean() / ra.mean()) < 2.0
+
+
+def test_rstdp_deadline_and_confidence_learn_on_digits(digits):
+    opts = {"n_neurons": 100, "decision": "deadline", "confidence": 0.05}
+    row = execute(RunConfig(rule="rstdp", data="digits", epochs=2, rule_options=opts), data=digits)
+    assert row["status"] == "done", row["reason"]
+    assert row["metrics"]["test_acc"] >= 0.3  # measured 0.664 (the defaults 0.64); chance 0.10
+
+
+@pytest.mark.parametrize(("confidence", "rewarded", "learns"),
+                         [(None, True, True), (1e-9, True, False), (1e-9, False, True), (1e9, True, True)])
+def test_rstdp_confident_decision_learns_nothing_from_its_reward(digits, confidence, rewarded, learns):
+    """With `confidence` the reward is predicted by the winner's lead in summed input over the
+    runner-up: a win by the full margin (any lead, at a tiny margin) changes no weight, a
+    punishment always does, and at a huge margin the reward counts (almost) in full."""
+    xb, _ = next(iter(digits.batches(1, 0, 1)))
+    L = _learner("rstdp", n_neurons=40, decision="deadline", confidence=confidence)
+    _, extra = L.simulate(xb, learn=True)
+    state = extra["state"]
+    win = int(L.winners(state)[0])
+    inp = state["input"][0]
+    assert inp[win] > torch.cat([inp[:win], inp[win + 1:]]).max()  # the winner leads
+    cls = win // L.opts.decision_per_class
+    before = L.readout.weight.clone()
+    L.learn_decision(state, torch.tensor([cls if rewarded else (cls + 1) % 10]))
+    changed = L.readout.weight != before
+    assert bool(changed.any()) == learns
+    assert not changed[torch.arange(changed.shape[0]) != win].any()  # only the winner's row
+
+
+def test_rstdp_deadline_decision_is_the_most_driven_neuron(digits):
+    """With `decision="deadline"` the winner (the neuron that learns) and the predicted class
+    are those of the decision neuron with the most summed input; the race (the neuron that
+    fires most) picks another one on some images."""
+    xb, _ = next(iter(digits.batches(64, 0, 1)))
+    race, deadline = _learner("rstdp", n_neurons=40), _learner("rstdp", n_neurons=40, decision="deadline")
+    deadline.load_state_dict(race.state_dict())
+    _, extra = deadline.simulate(xb, learn=True)
+    state = extra["state"]
+    most_driven = state["input"].argmax(1)
+    assert torch.equal(deadline.winners(state), most_driven)
+    assert not torch.equal(race.winners(state), most_driven)
+    counts, ev = deadline.respond(xb)
+    k = deadline.opts.decision_per_class
+    assert torch.equal(deadline.predict(xb).argmax(1), ev["input"].argmax(1) // k)

@@ -30,7 +30,14 @@ inhibition, one winner per step). The decision is the class of the decision neur
 fires most (ties broken by summed input). The reward r = +1 when it is right, -1 when
 wrong, and only the winning neuron's incoming weights change, by r times the same trace STDP
 term (punishment is anti-STDP), with the soft bound w (1 - w) of Mozafari et al. Prediction:
-decision neurons' spike counts summed per class.
+decision neurons' spike counts summed per class. Two options change the decision layer as
+they do on the CNN (see stdp_conv.ConvRSTDP for why): ``decision="deadline"`` makes the winner
+and the prediction the decision neuron with the most summed input when the presentation ends
+(a class then scores by its best neuron), and ``confidence`` predicts the reward by the
+winner's lead over the runner-up, so a clear win learns nothing from its reward. On mnist5k
+(1024 neurons, 6 epochs, batch 128): the defaults 0.712, deadline 0.731, confidence 0.05 alone
+0.725, both 0.853 (margin 0.01: 0.841, 0.2: 0.743); a linear delta-rule readout of the same
+layer (``stdp``, readout="linear") 0.893.
 
 Input coding: images are rescaled per sample to [0, 1] (undoing the data set's affine
 standardisation), then each pixel fires with probability proportional to its intensity,
@@ -120,6 +127,13 @@ class STDPOptions(BaseModel):
     eta_punish: float = Field(0.05, ge=0)
     decision_thresh: float = Field(2.0, gt=0)
     decision_dropout: float = Field(0.0, ge=0, lt=1)  # R-STDP: chance a decision neuron is silenced per training sample
+    # R-STDP: the decision (the winner, which learns, and the prediction) is the decision neuron
+    # that fires most ("race") or the one with the most summed input when the presentation ends
+    # ("deadline"); on the CNN see conv_decision
+    decision: Literal["race", "deadline"] = "race"
+    # R-STDP: reward predicted by the decision's confidence (see RSTDP.reward_confidence); a
+    # reward counts by (1 - lead / this), None = every reward counts; on the CNN see conv_confidence
+    confidence: float | None = Field(None, gt=0)
     # CNN only (`stdp_conv.ConvSTDP`); shared with the dense rule: encoding, tau_pre, tau_post, w_max
     dog: bool | None = None  # on/off DoG retina; None = on for inputs of 16 px or more
     conv_kernel: int | None = Field(None, ge=1)  # None = 5 (3 on inputs under 16 px)
@@ -479,11 +493,31 @@ class RSTDP(STDP):
     def update_assignment(self, counts, y):
         pass  # decisions come from the decision neurons, not from a response tally
 
+    def decision_mode(self) -> str:
+        return self.opts.decision
+
+    def confidence_margin(self) -> float | None:
+        return self.opts.confidence
+
     def decision_key(self, state) -> torch.Tensor:
-        """Per decision neuron, what the decision ranks: most spikes, ties (including no spike
-        at all) broken by the summed input current."""
+        """Per decision neuron, what the decision ranks: in the race, most spikes, ties
+        (including no spike at all) broken by the summed input current; at the deadline, the
+        summed input current."""
+        if self.decision_mode() == "deadline":
+            return state["input"]
         dec: LIFState = state["dec"]
         return dec.count + 1e-6 * state["input"] / state["input"].abs().max().clamp_min(1e-12)
+
+    def reward_confidence(self, state, win: torch.Tensor) -> torch.Tensor:
+        """The decision's confidence in [0, 1]: the winner's lead in summed input over the
+        runner-up, relative to its own input, in units of `confidence_margin`. The reward is
+        predicted by it (dopamine signals the outcome minus the confidence in the choice: Lak
+        et al. 2017), so a clear win learns little from its reward and the update stops once a
+        sample is classified with a margin: a discriminative fixed point."""
+        inp = state["input"]
+        lead = inp.gather(1, win.view(-1, 1)).squeeze(1)
+        rival = inp.scatter(1, win.view(-1, 1), float("-inf")).max(1).values
+        return ((lead - rival) / lead.abs().clamp_min(1e-12) / self.confidence_margin()).clamp(0, 1)
 
     def winners(self, state) -> torch.Tensor:
         key = self.decision_key(state)
@@ -492,8 +526,10 @@ class RSTDP(STDP):
         return key.argmax(1)
 
     def scores(self, counts, state):
-        key = self.decision_key(state)
-        return key.view(key.shape[0], -1, self.opts.decision_per_class).sum(2)
+        key = self.decision_key(state).view(counts.shape[0], -1, self.opts.decision_per_class)
+        # at the deadline the prediction is the winner's class, so a class scores by its best
+        # neuron; the race keeps Mozafari et al.'s spike counts summed per class
+        return key.max(2).values if self.decision_mode() == "deadline" else key.sum(2)
 
     @torch.no_grad()
     def learn_decision(self, state, y):
@@ -501,6 +537,8 @@ class RSTDP(STDP):
         win = self.winners(state)
         cls = win // o.decision_per_class
         r = torch.where(cls == y, o.eta_reward, -o.eta_punish).to(self.readout.weight.dtype)
+        if self.confidence_margin() is not None:
+            r = torch.where(cls == y, r * (1 - self.reward_confidence(state, win)), r)
         sd, post_before, exc_trace, s_exc = (torch.stack(v) for v in zip(*state["rec"]))  # (T, B, .)
         idx = win.view(1, -1, 1).expand(sd.shape[0], -1, 1)
         sd_w, post_w = sd.gather(2, idx), post_before.gather(2, idx)  # the winner's trains (T, B, 1)
@@ -511,4 +549,4 @@ class RSTDP(STDP):
         dw = torch.zeros_like(self.readout.weight).index_add_(0, win, r.view(-1, 1) * stdp)
         w = self.readout.weight
         w.add_(dw * w * (1 - w)).clamp_(0.0, 1.0)
-        return {"reward": (cls == y).float().mean().item()}
+        return {"reward": (cls == y).float().mean().item(), "decision_winners": float(win.unique().numel())}

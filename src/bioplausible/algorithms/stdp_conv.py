@@ -505,10 +505,11 @@ class ConvRSTDP(ConvSTDP, RSTDP):
     def make_optimizer(self, params, lr=None):
         return STDP.make_optimizer(self, params, lr)
 
-    def decision_key(self, state) -> torch.Tensor:
-        if self.opts.conv_decision == "deadline":
-            return state["input"]  # the most-driven neuron when the presentation ends
-        return super().decision_key(state)
+    def decision_mode(self) -> str:
+        return self.opts.conv_decision
+
+    def confidence_margin(self) -> float | None:
+        return self.opts.conv_confidence
 
     def scores(self, counts, state) -> torch.Tensor:
         # the decision is the class of the winning neuron (the one rewarded or punished), so a
@@ -537,15 +538,8 @@ class ConvRSTDP(ConvSTDP, RSTDP):
             self.hit_rate.mul_(0.98).add_(0.02 * hit.mean())
         else:
             r = hit * o.conv_eta_reward - (1 - hit) * o.conv_eta_punish
-        if o.conv_confidence is not None:
-            # the reward is predicted by the decision's confidence (dopamine signals the outcome
-            # minus the confidence in the choice: Lak et al. 2017), so a clear win learns
-            # little from it and the update stops once a sample is classified with a margin
-            inp = state["input"]
-            lead = inp.gather(1, win.view(-1, 1)).squeeze(1)
-            rival = inp.scatter(1, win.view(-1, 1), float("-inf")).max(1).values
-            conf = ((lead - rival) / lead.abs().clamp_min(1e-12) / o.conv_confidence).clamp(0, 1)
-            r = torch.where(hit > 0, r * (1 - conf), r)
+        if self.confidence_margin() is not None:
+            r = torch.where(hit > 0, r * (1 - self.reward_confidence(state, win)), r)
         sd, post_before, exc_trace, s_exc = (torch.stack(v) for v in zip(*state["rec"]))  # (T, B, .)
         idx = win.view(1, -1, 1).expand(sd.shape[0], -1, 1)
         sd_w, post_w = sd.gather(2, idx), post_before.gather(2, idx)
