@@ -178,3 +178,24 @@ def test_rstdp_deadline_decision_is_the_most_driven_neuron(digits):
     counts, ev = deadline.respond(xb)
     k = deadline.opts.decision_per_class
     assert torch.equal(deadline.predict(xb).argmax(1), ev["input"].argmax(1) // k)
+
+
+@pytest.mark.parametrize("model", ["mlp", "cnn"])
+def test_rstdp_rates_follow_the_lr_schedule(digits, model):
+    """The run's lr schedule anneals the reward and punishment rates: at factor 0 the decision
+    layer learns nothing, at 0.5 it moves by half the step of factor 1 (where the soft bound
+    and the clipping leave the weights alone, the step is linear in the rate)."""
+    xb, yb = next(iter(digits.batches(32, 0, 1)))
+    steps = []
+    for factor in (0.0, 0.5, 1.0):
+        cfg = RunConfig(rule="rstdp", model=model, data="digits", seed=0,
+                        rule_options={"n_neurons": 40, "conv_decision_norm": False})
+        L = build_learner(cfg, (1, 8, 8), 10)
+        L.set_lr_factor(factor)
+        _, extra = L.simulate(xb, learn=True) if model == "mlp" else L.simulate(xb, learn=None, train=True)
+        before = L.readout.weight.clone()
+        L.learn_decision(extra["state"], yb)
+        steps.append(L.readout.weight - before)
+    assert torch.equal(steps[0], torch.zeros_like(steps[0]))
+    assert steps[2].abs().sum() > 0
+    torch.testing.assert_close(steps[1], 0.5 * steps[2], rtol=0.05, atol=1e-6)

@@ -442,8 +442,18 @@ class RSTDP(STDP):
         c6_unsigned_error=partial("a scalar reward/punishment (+1/-1), no per-neuron error"),
     )
 
+    # multiplier of the reward and punishment rates, set per epoch from the run's lr schedule
+    rate_factor = 1.0
+
     def n_out(self) -> int:
         return self.stack.num_classes * self.opts.decision_per_class
+
+    def set_lr_factor(self, factor: float) -> None:
+        # the schedule anneals the decision layer's plasticity too (these updates are not
+        # gradients, but without annealing the layer keeps hopping between fixed points: conv
+        # R-STDP on full MNIST went 94.26% -> 92.83% from epoch 3 to 4 at constant rates)
+        super().set_lr_factor(factor)
+        self.rate_factor = factor
 
     def init_readout(self, out: Layer, g: torch.Generator) -> None:
         # Mozafari et al. initialise their plastic weights around 0.8 with small spread
@@ -536,7 +546,7 @@ class RSTDP(STDP):
         o = self.opts
         win = self.winners(state)
         cls = win // o.decision_per_class
-        r = torch.where(cls == y, o.eta_reward, -o.eta_punish).to(self.readout.weight.dtype)
+        r = torch.where(cls == y, o.eta_reward, -o.eta_punish).to(self.readout.weight.dtype) * self.rate_factor
         if self.confidence_margin() is not None:
             r = torch.where(cls == y, r * (1 - self.reward_confidence(state, win)), r)
         sd, post_before, exc_trace, s_exc = (torch.stack(v) for v in zip(*state["rec"]))  # (T, B, .)

@@ -538,6 +538,7 @@ class ConvRSTDP(ConvSTDP, RSTDP):
             self.hit_rate.mul_(0.98).add_(0.02 * hit.mean())
         else:
             r = hit * o.conv_eta_reward - (1 - hit) * o.conv_eta_punish
+        r = r * self.rate_factor
         if self.confidence_margin() is not None:
             r = torch.where(hit > 0, r * (1 - self.reward_confidence(state, win)), r)
         sd, post_before, exc_trace, s_exc = (torch.stack(v) for v in zip(*state["rec"]))  # (T, B, .)
