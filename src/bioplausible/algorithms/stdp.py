@@ -37,7 +37,11 @@ and the prediction the decision neuron with the most summed input when the prese
 winner's lead over the runner-up, so a clear win learns nothing from its reward. On mnist5k
 (1024 neurons, 6 epochs, batch 128): the defaults 0.712, deadline 0.731, confidence 0.05 alone
 0.725, both 0.853 (margin 0.01: 0.841, 0.2: 0.743); a linear delta-rule readout of the same
-layer (``stdp``, readout="linear") 0.893.
+layer (``stdp``, readout="linear") 0.893. Full MNIST, one epoch, batch 64, 6400 neurons and
+256-step test presentations (`bench/accuracy.py`): 86.72% with both, where the defaults on 1024
+neurons gave 80.15% (batch 128) and 83.36% (batch 64); the linear readout of the same layer
+(``stdp``'s bench run) 93.33%. The decision layer again uses about one neuron per class
+(`decision_winners` 12.9 per batch of 64).
 
 Input coding: images are rescaled per sample to [0, 1] (undoing the data set's affine
 standardisation), then each pixel fires with probability proportional to its intensity,
