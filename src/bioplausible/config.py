@@ -23,7 +23,8 @@ class RunConfig(BaseModel):
     optimizer: Literal["adam", "sgd"] = "adam"
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
-    lr_schedule: Literal["constant", "cosine", "step"] = "constant"  # per epoch, over all of a rule's optimisers
+    # per epoch, over all of a rule's optimisers (and R-STDP's reward rates, which are not an optimiser's)
+    lr_schedule: Literal["constant", "cosine", "step"] = "constant"
     seed: int = Field(0, ge=0)
     widths: tuple[int, ...] | None = None  # MLP hidden widths; None = the paper's 1024-512-256
     channels: tuple[int, ...] | None = None  # CNN conv channels; None = preset for the input
