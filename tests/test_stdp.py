@@ -142,16 +142,28 @@ def test_rstdp_deadline_and_confidence_learn_on_digits(digits):
     assert row["metrics"]["test_acc"] >= 0.3  # measured 0.664 (the defaults 0.64); chance 0.10
 
 
+def _rstdp_presentation(model, xb, **opts):
+    """A dense (n_neurons=40) or conv (one layer of 16 maps) R-STDP learner and the decision
+    state of one training presentation of xb."""
+    cfg = RunConfig(rule="rstdp", model=model, data="digits", seed=0, rule_options=opts,
+                    channels=(16,) if model == "cnn" else None,
+                    **({"widths": (40,)} if model == "mlp" else {}))
+    L = build_learner(cfg, (1, 8, 8), 10)
+    _, extra = L.simulate(xb, learn=True) if model == "mlp" else L.simulate(xb, learn=None, train=True)
+    return L, extra["state"]
+
+
+@pytest.mark.parametrize("model", ["mlp", "cnn"])
 @pytest.mark.parametrize(("confidence", "rewarded", "learns"),
                          [(None, True, True), (1e-9, True, False), (1e-9, False, True), (1e9, True, True)])
-def test_rstdp_confident_decision_learns_nothing_from_its_reward(digits, confidence, rewarded, learns):
-    """With `confidence` the reward is predicted by the winner's lead in summed input over the
-    runner-up: a win by the full margin (any lead, at a tiny margin) changes no weight, a
-    punishment always does, and at a huge margin the reward counts (almost) in full."""
+def test_rstdp_confident_decision_learns_nothing_from_its_reward(digits, model, confidence, rewarded, learns):
+    """With `confidence` (dense, at the deadline) or `conv_confidence` (conv, in the race) the
+    reward is predicted by the winner's lead in summed input over the runner-up: a win by the
+    full margin (any lead, at a tiny margin) changes no weight, a punishment always does, and
+    at a huge margin the reward counts (almost) in full; only the winner's row ever changes."""
     xb, _ = next(iter(digits.batches(1, 0, 1)))
-    L = _learner("rstdp", n_neurons=40, decision="deadline", confidence=confidence)
-    _, extra = L.simulate(xb, learn=True)
-    state = extra["state"]
+    opts = {"decision": "deadline", "confidence": confidence} if model == "mlp" else {"conv_confidence": confidence}
+    L, state = _rstdp_presentation(model, xb, **opts)
     win = int(L.winners(state)[0])
     inp = state["input"][0]
     assert inp[win] > torch.cat([inp[:win], inp[win + 1:]]).max()  # the winner leads
@@ -160,7 +172,7 @@ def test_rstdp_confident_decision_learns_nothing_from_its_reward(digits, confide
     L.learn_decision(state, torch.tensor([cls if rewarded else (cls + 1) % 10]))
     changed = L.readout.weight != before
     assert bool(changed.any()) == learns
-    assert not changed[torch.arange(changed.shape[0]) != win].any()  # only the winner's row
+    assert not changed[torch.arange(changed.shape[0]) != win].any()
 
 
 def test_rstdp_deadline_decision_is_the_most_driven_neuron(digits):
@@ -188,13 +200,10 @@ def test_rstdp_rates_follow_the_lr_schedule(digits, model):
     xb, yb = next(iter(digits.batches(32, 0, 1)))
     steps = []
     for factor in (0.0, 0.5, 1.0):
-        cfg = RunConfig(rule="rstdp", model=model, data="digits", seed=0,
-                        rule_options={"n_neurons": 40, "conv_decision_norm": False})
-        L = build_learner(cfg, (1, 8, 8), 10)
+        L, state = _rstdp_presentation(model, xb, conv_decision_norm=False)
         L.set_lr_factor(factor)
-        _, extra = L.simulate(xb, learn=True) if model == "mlp" else L.simulate(xb, learn=None, train=True)
         before = L.readout.weight.clone()
-        L.learn_decision(extra["state"], yb)
+        L.learn_decision(state, yb)
         steps.append(L.readout.weight - before)
     assert torch.equal(steps[0], torch.zeros_like(steps[0]))
     assert steps[2].abs().sum() > 0

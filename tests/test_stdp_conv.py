@@ -257,25 +257,6 @@ def test_decision_winners_counts_the_rows_that_learn(digits):
     assert 1 <= stats["decision_winners"] <= L.readout.out_features
 
 
-@pytest.mark.parametrize(("confidence", "rewarded", "learns"),
-                         [(None, True, True), (1e-9, True, False), (1e-9, False, True), (1e9, True, True)])
-def test_a_confident_decision_learns_nothing_from_its_reward(digits, confidence, rewarded, learns):
-    """With `conv_confidence` the reward is predicted by the winner's lead over the runner-up:
-    a win by the full margin (here any lead, at a tiny margin) gets no reward-driven change,
-    a punishment always counts, and with a huge margin the reward counts almost in full."""
-    xb, _ = next(iter(digits.batches(1, 0, 1)))
-    L = _learner(rule="rstdp", conv_confidence=confidence)
-    _, extra = L.simulate(xb, learn=None, train=True)
-    state = extra["state"]
-    win = int(L.winners(state)[0])
-    inp = state["input"][0]
-    assert inp[win] > torch.cat([inp[:win], inp[win + 1:]]).max()  # the winner leads
-    cls = win // L.opts.decision_per_class
-    before = L.readout.weight.clone()
-    L.learn_decision(state, torch.tensor([cls if rewarded else (cls + 1) % 10]))
-    assert (not torch.equal(L.readout.weight, before)) == learns
-
-
 def test_deadline_decision_is_the_most_driven_neuron(digits):
     """With `conv_decision="deadline"` the winner (the neuron that learns) and the predicted
     class are those of the decision neuron with the most summed input, not of the race."""
