@@ -539,20 +539,31 @@ class RSTDP(STDP):
             key = key.masked_fill(state["keep"] == 0, float("-inf"))  # a silenced neuron never wins
         return key.argmax(1)
 
-    def scores(self, counts, state):
-        key = self.decision_key(state).view(counts.shape[0], -1, self.opts.decision_per_class)
+    def scores_by_best_neuron(self) -> bool:
         # at the deadline the prediction is the winner's class, so a class scores by its best
-        # neuron; the race keeps Mozafari et al.'s spike counts summed per class
-        return key.max(2).values if self.decision_mode() == "deadline" else key.sum(2)
+        # neuron; the dense race keeps Mozafari et al.'s spike counts summed per class
+        return self.decision_mode() == "deadline"
+
+    def scores(self, counts, state):
+        key = self.decision_key(state)
+        key = key.view(key.shape[0], -1, self.opts.decision_per_class)
+        return key.max(2).values if self.scores_by_best_neuron() else key.sum(2)
+
+    def modulate(self, r: torch.Tensor, hit: torch.Tensor, state, win: torch.Tensor) -> torch.Tensor:
+        """The per-sample reward/punishment rate r after the schedule's annealing and, with a
+        confidence margin, the confidence-predicted reward (hits only)."""
+        r = r * self.rate_factor
+        if self.confidence_margin() is not None:
+            r = torch.where(hit, r * (1 - self.reward_confidence(state, win)), r)
+        return r
 
     @torch.no_grad()
     def learn_decision(self, state, y):
         o = self.opts
         win = self.winners(state)
         cls = win // o.decision_per_class
-        r = torch.where(cls == y, o.eta_reward, -o.eta_punish).to(self.readout.weight.dtype) * self.rate_factor
-        if self.confidence_margin() is not None:
-            r = torch.where(cls == y, r * (1 - self.reward_confidence(state, win)), r)
+        hit = cls == y
+        r = self.modulate(torch.where(hit, o.eta_reward, -o.eta_punish).to(self.readout.weight.dtype), hit, state, win)
         sd, post_before, exc_trace, s_exc = (torch.stack(v) for v in zip(*state["rec"]))  # (T, B, .)
         idx = win.view(1, -1, 1).expand(sd.shape[0], -1, 1)
         sd_w, post_w = sd.gather(2, idx), post_before.gather(2, idx)  # the winner's trains (T, B, 1)
@@ -563,4 +574,4 @@ class RSTDP(STDP):
         dw = torch.zeros_like(self.readout.weight).index_add_(0, win, r.view(-1, 1) * stdp)
         w = self.readout.weight
         w.add_(dw * w * (1 - w)).clamp_(0.0, 1.0)
-        return {"reward": (cls == y).float().mean().item(), "decision_winners": float(win.unique().numel())}
+        return {"reward": hit.float().mean().item(), "decision_winners": float(win.unique().numel())}

@@ -515,11 +515,12 @@ class ConvRSTDP(ConvSTDP, RSTDP):
     def confidence_margin(self) -> float | None:
         return self.opts.conv_confidence
 
-    def scores(self, counts, state) -> torch.Tensor:
+    def scores_by_best_neuron(self) -> bool:
         # the decision is the class of the winning neuron (the one rewarded or punished), so a
-        # class scores by its best decision neuron, not by their sum
-        key = self.decision_key(state)
-        return key.view(key.shape[0], -1, self.opts.decision_per_class).max(2).values
+        # class scores by its best decision neuron, not by their sum, in the race too
+        return True
+
+    scores = RSTDP.scores  # ConvSTDP's readout scores come first in the MRO
 
     def train_step(self, x, y):
         counts, extra, stats = self.unsupervised_stage(x)
@@ -542,9 +543,7 @@ class ConvRSTDP(ConvSTDP, RSTDP):
             self.hit_rate.mul_(0.98).add_(0.02 * hit.mean())
         else:
             r = hit * o.conv_eta_reward - (1 - hit) * o.conv_eta_punish
-        r = r * self.rate_factor
-        if self.confidence_margin() is not None:
-            r = torch.where(hit > 0, r * (1 - self.reward_confidence(state, win)), r)
+        r = self.modulate(r, hit > 0, state, win)
         sd, post_before, exc_trace, s_exc = (torch.stack(v) for v in zip(*state["rec"]))  # (T, B, .)
         idx = win.view(1, -1, 1).expand(sd.shape[0], -1, 1)
         sd_w, post_w = sd.gather(2, idx), post_before.gather(2, idx)
