@@ -20,6 +20,7 @@ import torch
 from bioplausible.algorithms import RULES, get
 from bioplausible.config import RunConfig
 from bioplausible.data import DataError, load
+from bioplausible.experiments.fingerprint import code_fingerprint
 from bioplausible.experiments.runner import run
 from bioplausible.experiments.store import Store
 
@@ -116,7 +117,8 @@ def config_for(rule: str, model: str, data: str, seed: int, epochs: int | None, 
 def print_table(rows: list[dict]) -> None:
     """Test accuracy and seconds per training epoch of recorded runs. Epoch times of separate
     runs are not comparable when the machine's load differed between them: the ratio to BP
-    in one process is what `bench/speed.py` measures."""
+    in one process is what `bench/speed.py` measures. A run whose code fingerprint differs
+    from this checkout's (or that predates fingerprints) is marked stale."""
     print(f"\n{'rule':9s} {'model':5s} {'data':14s} {'act':>13s} {'epochs':>6s} {'test acc':>9s} {'s/epoch':>8s}  status")
     for r in rows:
         acc = r["metrics"].get("test_acc")
@@ -124,7 +126,8 @@ def print_table(rows: list[dict]) -> None:
         # runs recorded before the config named its activation ran the rule's default of then
         act = r["config"].get("act") or "not recorded"
         print(f"{r['rule']:9s} {r['model']:5s} {r['data']:14s} {act:>13s} {r['config']['epochs']:6d} "
-              f"{(f'{acc:.2%}' if acc is not None else '-'):>9s} {et}  {r['status']}")
+              f"{(f'{acc:.2%}' if acc is not None else '-'):>9s} {et}  {r['status']}"
+              f"{'' if r.get('code') == code_fingerprint(r['rule']) else ' (stale: other code)'}")
 
 
 def latest_runs(store: Store, rules, datas, models, seed: int) -> list[dict]:

@@ -76,6 +76,7 @@ def run(
 
     from .config import RunConfig
     from .data import DataError
+    from .experiments.fingerprint import code_fingerprint
     from .experiments.runner import execute, resolve_device
     from .experiments.store import Store
 
@@ -92,8 +93,9 @@ def run(
     except ValueError as e:
         fail(str(e))
     st = Store(store)
-    if not force and st.has(cfg.key()):
-        console.print(f"run {cfg.key()} ({rule}/{model}/{data}, seed {seed}) is already recorded in {store}; --force to run again")
+    if not force and st.has(cfg.key(), code=code_fingerprint(cfg.rule)):
+        console.print(f"run {cfg.key()} ({rule}/{model}/{data}, seed {seed}) is already recorded in {store} by this "
+                      "code; --force to run again")
         return
     try:
         from .data import load

@@ -230,7 +230,7 @@ def compare_main(
         store = Store(store_path)
     except StoreError as e:
         _fail(str(e))
-    pending = [c for c in cells if not store.has(c.id)]
+    pending = [c for c in cells if not c.recorded(store)]
     n_before = len(cells) - len(pending)
     jobs = jobs or sweep.jobs or 1
     threads = threads or sweep.threads
@@ -256,7 +256,7 @@ def compare_main(
             else:
                 sw_mod.run_sequential(pending, store, on_event=display, threads=threads)
     except KeyboardInterrupt:
-        n_now = sum(store.has(c.id) for c in cells)
+        n_now = sum(c.recorded(store) for c in cells)
         err_console.print(f"interrupted: {n_now} of {len(cells)} runs recorded; "
                           "run the same command again to resume")
         raise typer.Exit(130)

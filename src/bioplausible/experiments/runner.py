@@ -22,6 +22,7 @@ from ..algorithms.base import Learner
 from ..config import RunConfig
 from ..data import Dataset, load
 from ..models import build
+from .fingerprint import code_fingerprint
 from .store import Store
 
 
@@ -201,9 +202,10 @@ def run(
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     save_checkpoint: bool = True,
 ) -> dict[str, Any] | None:
-    """Run `cfg` and record it. Returns the run row, or None when it was already done."""
+    """Run `cfg` and record it. Returns the run row, or None when it was already done by
+    the same code."""
     run_id = cfg.key()
-    if not force and store.has(run_id):
+    if not force and store.has(run_id, code=code_fingerprint(cfg.rule)):
         return None
     row = execute(cfg, data=data, on_step=on_step, on_epoch=on_epoch,
                   checkpoint_dir=(store.path.parent / "checkpoints") if save_checkpoint else None)
@@ -227,7 +229,7 @@ def execute(
     base = {
         "id": run_id, "rule": cfg.rule, "model": cfg.model, "data": cfg.data, "seed": cfg.seed,
         "config": cfg.model_dump(mode="json"), "versions": versions(), "git_commit": git_commit(),
-        "started": started,
+        "code": code_fingerprint(cfg.rule), "started": started,
     }
     try:
         device = resolve_device(cfg.device)

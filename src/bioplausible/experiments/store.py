@@ -23,6 +23,7 @@ CREATE TABLE IF NOT EXISTS runs (
     metrics TEXT NOT NULL,        -- JSON: test_acc, val_acc, best_val_test_acc, train_loss, ...
     versions TEXT NOT NULL,       -- JSON: python, torch, numpy, bioplausible
     git_commit TEXT,
+    code TEXT,                    -- experiments.fingerprint: hash of the code the run executed
     device TEXT,
     started TEXT, finished TEXT,
     wall_time REAL,               -- seconds, whole run including evaluation
@@ -54,6 +55,9 @@ class Store:
         con = self.connect()
         try:
             con.executescript(SCHEMA)  # idempotent; executescript manages its own commit
+            if "code" not in {r["name"] for r in con.execute("PRAGMA table_info(runs)")}:
+                # a store written before runs recorded their code: its runs count as stale
+                con.execute("ALTER TABLE runs ADD COLUMN code TEXT")
         finally:
             con.close()
 
@@ -82,12 +86,18 @@ class Store:
             con.close()
 
     # -- runs -------------------------------------------------------------------------------
-    def has(self, run_id: str, statuses=("done", "diverged")) -> bool:
-        """Whether the run finished (a 'failed' run is retried by default)."""
+    def has(self, run_id: str, statuses=("done", "diverged"), code: str | None = None) -> bool:
+        """Whether the run finished (a 'failed' run is retried by default) and, given `code`
+        (its code fingerprint now), was made by that code: a run recorded by other code is
+        stale, to be run again (its row is then replaced)."""
         con = self.connect()
         try:
             q = f"SELECT 1 FROM runs WHERE id = ? AND status IN ({','.join('?' * len(statuses))})"
-            return con.execute(q, (run_id, *statuses)).fetchone() is not None
+            args: tuple = (run_id, *statuses)
+            if code is not None:
+                q += " AND code = ?"
+                args += (code,)
+            return con.execute(q, args).fetchone() is not None
         finally:
             con.close()
 

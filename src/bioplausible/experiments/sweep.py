@@ -90,6 +90,16 @@ class Cell:
         return self.cfg.key()
 
     @property
+    def code(self) -> str:
+        from .fingerprint import code_fingerprint
+
+        return code_fingerprint(self.cfg.rule)
+
+    def recorded(self, store) -> bool:
+        """Finished in `store` by the code this checkout would run (else stale: run again)."""
+        return store.has(self.id, code=self.code)
+
+    @property
     def label(self) -> str:
         c = self.cfg
         return f"{c.rule}/{c.model}/{c.data}/s{c.seed}"
@@ -388,6 +398,7 @@ def _execute(cfg: RunConfig, checkpoint_dir: Path | None, progress: Callable[[di
 
         return {"id": cfg.key(), "rule": cfg.rule, "model": cfg.model, "data": cfg.data, "seed": cfg.seed,
                 "config": cfg.model_dump(mode="json"), "versions": versions(), "git_commit": git_commit(),
+                "code": Cell(cfg).code,
                 "started": _now(), "finished": _now(), "status": "failed", "reason": f"DataError: {err}",
                 "metrics": {}, "wall_time": 0.0, "_epochs": []}
     steps = _steps_per_epoch(ds, cfg)
@@ -430,7 +441,7 @@ def run_sequential(cells: list[Cell], store, on_event: OnEvent = _noop, threads:
     ckpt_dir = store.path.parent / "checkpoints"
     rows = []
     for cell in cells:
-        if store.has(cell.id):  # another process may have finished it meanwhile
+        if cell.recorded(store):  # another process may have finished it meanwhile
             continue
         on_event({"event": "submit", "id": cell.id, "label": cell.label})
         row = _record(store, _execute(cell.cfg, ckpt_dir, on_event))
@@ -508,7 +519,7 @@ def run_pool(cells: list[Cell], store, jobs: int, on_event: OnEvent = _noop, thr
     ctx = mp.get_context(_start_method())
     threads = threads or max(1, (os.cpu_count() or 1) // jobs)
     ckpt_dir = str(store.path.parent / "checkpoints")
-    todo = collections.deque(c for c in cells if not store.has(c.id))
+    todo = collections.deque(c for c in cells if not c.recorded(store))
     attempts: dict[str, int] = collections.Counter()
     rows: list[dict] = []
     q = ctx.Queue()
@@ -606,7 +617,7 @@ def run_ray(cells: list[Cell], store, address: str = "local", on_event: OnEvent 
     refs: dict[Any, Cell] = {}
     try:
         for cell in cells:
-            if store.has(cell.id):
+            if cell.recorded(store):
                 continue
             cfg = cell.cfg
             if gpus_per_run > 0 and cfg.device == "auto":
