@@ -9,7 +9,8 @@ new rule, a report or a criteria change leaves every recorded run current, a cha
 `models.layers` makes every run stale. Each module counts by its syntax tree without
 docstrings, so comments, docstrings and layout can change without re-running anything.
 
-Torch-free: sweeps and the CLI call it before anything is trained.
+Modules are found as files under the package's folder, not imported: reading the source of
+a rule costs no import of it.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from __future__ import annotations
 import ast
 import functools
 import hashlib
-import importlib.util
 from pathlib import Path
+
+_ROOT = Path(__file__).resolve().parent.parent  # the bioplausible package folder
 
 # where imports are followed: the code a training run executes
 _FOLLOW = ("bioplausible.algorithms.", "bioplausible.models", "bioplausible.data", "bioplausible.config",
@@ -29,8 +31,15 @@ _DATA_SKIP = {"cli", "fetch"}
 
 
 def _source(module: str) -> Path | None:
-    spec = importlib.util.find_spec(module)
-    return Path(spec.origin) if spec is not None and spec.origin and spec.origin.endswith(".py") else None
+    """The file of a bioplausible module (package: its __init__.py), None if there is none."""
+    parts = module.split(".")
+    if parts[0] != "bioplausible":
+        return None
+    base = _ROOT.joinpath(*parts[1:])
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.is_file():
+            return path
+    return None
 
 
 def _is_package(module: str) -> bool:
