@@ -407,14 +407,16 @@ def _execute(cfg: RunConfig, checkpoint_dir: Path | None, progress: Callable[[di
         progress({"event": "start", "id": cfg.key(), "epochs": cfg.epochs, "steps": steps})
         last = [0.0]
 
-        def on_step(s):
+        def step(s):
             now = time.monotonic()
             if now - last[0] > 0.2 or s["step"] + 1 == steps:
                 last[0] = now
                 progress({"event": "step", "id": cfg.key(), "epoch": s["epoch"], "step": s["step"] + 1})
 
-        def on_epoch(r):
+        def epoch(r):
             progress({"event": "epoch", "id": cfg.key(), "epoch": r["epoch"], "test_acc": r["test_acc"]})
+
+        on_step, on_epoch = step, epoch
     return execute(cfg, data=ds, on_step=on_step, on_epoch=on_epoch, checkpoint_dir=checkpoint_dir)
 
 
