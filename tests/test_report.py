@@ -84,8 +84,25 @@ def test_accuracy_table_mean_sd_and_best(store, tmp_path):
     # the other-settings variant of bp was left out, and the page says so
     page = (out / "index.html").read_text()
     assert "2 different settings" in page
+    # the rows were written without a code fingerprint: stale, and the page says so
+    assert "11 of the 11 runs in this table were recorded by other code" in page
     for name in ("accuracy.md", "accuracy.tex", "accuracy.csv", "criteria.md", "criteria.csv", "runs.md", "html"):
         assert paths[name].exists(), name
+
+
+def test_stale_runs_are_those_made_by_other_code(tmp_path):
+    from bioplausible.experiments.fingerprint import code_fingerprint
+    from bioplausible.report import stale_runs
+
+    st = Store(tmp_path / "s.sqlite")
+    for rule, code in (("bp", code_fingerprint("bp")), ("fa", "0" * 16), ("dfa", None)):
+        row, eps = _row(rule, "digits", "mlp", 0, 0.9)
+        row["code"] = code
+        st.record(row, eps)
+    assert [r["rule"] for r in stale_runs(st.runs())] == ["dfa", "fa"]
+    out = tmp_path / "rep"
+    build(st, out)
+    assert "2 of the 3 runs in this table were recorded by other code" in (out / "index.html").read_text()
 
 
 def test_plots_and_self_contained_html(store, tmp_path):

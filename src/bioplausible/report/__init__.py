@@ -34,6 +34,33 @@ def _atomic_text(path: Path, text: str) -> None:
 VERDICT_SCORE = {"yes": 1.0, "partial": 0.5, "no": 0.0}
 
 
+def stale_runs(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Runs recorded by code other than this checkout's (their code fingerprint differs, or
+    they predate fingerprints): a report that prints them must say so."""
+    from ..experiments.fingerprint import code_fingerprint
+
+    out = []
+    for r in runs:
+        try:
+            current = code_fingerprint(r["rule"])
+        except ValueError:  # a rule this version does not have: nothing to compare with
+            continue
+        if r.get("code") != current:
+            out.append(r)
+    return out
+
+
+def _stale_note(runs: list[dict[str, Any]]) -> list[str]:
+    stale = stale_runs(runs)
+    if not stale:
+        return []
+    cells = sorted({f"{r['rule']}/{r['model']}/{r['data']}" for r in stale})
+    shown = ", ".join(cells[:12]) + (f" and {len(cells) - 12} more" if len(cells) > 12 else "")
+    return [f"{len(stale)} of the {len(runs)} runs in this table were recorded by other code than this "
+            f"checkout's (or before runs recorded their code): {shown}. `bioplausible compare` or `bioplausible "
+            "sweep` runs them again."]
+
+
 def _verdict(v: Any) -> str | None:
     """A criterion's verdict from a matrix cell: 'yes'/'no'/'partial', or a dict with the
     measured verdict (preferred) or the claimed one."""
@@ -118,7 +145,7 @@ def build(store, out: str | Path, run_ids: list[str] | None = None, runs: str | 
                      f"({per} seed{'s' if per != '1' else ''} per cell; no sd with one seed); best mean per column "
                      "in bold; – = not run (the rule does not support the model, or the dataset was missing); "
                      "diverged/failed runs are counted beside the mean and listed under Runs. "
-                     "Files: accuracy.md, accuracy.tex, accuracy.csv."] + variant_notes
+                     "Files: accuracy.md, accuracy.tex, accuracy.csv."] + variant_notes + _stale_note(chosen)
     else:
         body = "<p>No runs in the store for this report.</p>"
         acc_notes = []
