@@ -88,17 +88,22 @@ def _data_loaders() -> list[str]:
             if p.stem not in _DATA_SKIP | {"__init__"}] if path else []
 
 
-def modules(rule_module: str) -> list[str]:
-    """The modules whose code the fingerprint of a rule defined in `rule_module` covers."""
-    seen: set[str] = set()
+def _trees(rule_module: str) -> dict[str, ast.Module]:
+    """The syntax tree of every module the fingerprint of a rule in `rule_module` covers."""
+    trees: dict[str, ast.Module] = {}
     todo = [rule_module, *_ROOTS, *_data_loaders()]
     while todo:
         m = todo.pop()
-        if m in seen or not _followed(m) or _source(m) is None:
+        if m in trees or not _followed(m) or _source(m) is None:
             continue
-        seen.add(m)
-        todo.extend(_imports(m, ast.parse(_source(m).read_text())))
-    return sorted(seen)
+        trees[m] = ast.parse(_source(m).read_text())
+        todo.extend(_imports(m, trees[m]))
+    return trees
+
+
+def modules(rule_module: str) -> list[str]:
+    """The modules whose code the fingerprint of a rule defined in `rule_module` covers."""
+    return sorted(_trees(rule_module))
 
 
 @functools.lru_cache(maxsize=None)
@@ -109,7 +114,8 @@ def code_fingerprint(rule: str) -> str:
     if rule not in _RULES:
         raise ValueError(f"unknown rule {rule!r}")
     h = hashlib.sha256()
-    for m in modules(f"bioplausible.algorithms.{_RULES[rule].split(':')[0]}"):
+    trees = _trees(f"bioplausible.algorithms.{_RULES[rule].split(':')[0]}")
+    for m in sorted(trees):  # each file read and parsed once
         h.update(m.encode() + b"\0")
-        h.update(ast.dump(_strip_docstrings(ast.parse(_source(m).read_text()))).encode() + b"\0")
+        h.update(ast.dump(_strip_docstrings(trees[m])).encode() + b"\0")
     return h.hexdigest()[:16]
