@@ -89,6 +89,16 @@ Measured (CPU, Adam, batch 64, test accuracy; BP with the same net for reference
   epochs (Adam lr 3e-3: 0.918): half the maps (16-32-32, 2.5x faster per epoch) 0.897;
   SGD with momentum 0.9 instead of Adam: lr 1e-3 0.776, lr 3e-3 0.757 after 3 then
   diverged (epoch 6), lr 1e-2 and 5e-2 diverged in epochs 2 and 1.
+- Why WP's CNN stops near 94% on full MNIST (94.06% after 6 epochs, 94.24% after 10; bar 97):
+  the variance of a layer's estimate grows with its number of weights N_l over the number of
+  directions measured, B k_l (Flipout: one per sample and draw). With the bench's balanced
+  draws (K=4) that is 320/4, 18,496/4, 36,928/12 and 5,770/64 weights per draw for conv1,
+  conv2, conv3 and the readout: the two inner conv layers get ~40-70x fewer measurements per
+  weight than the readout. Allocating draws by sqrt(N_l / C_l), C_l the cost per draw (the
+  split of the same cost that minimises the summed variance), would by that count cut the
+  inner layers' variance by only 1.3-1.6x (computed, not run); more draws are linear in time
+  (K=4 already costs ~7-12 min per full-MNIST epoch on one core). Untested here: K=16 or
+  more epochs at several times the compute.
 """
 
 from __future__ import annotations
