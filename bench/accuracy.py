@@ -92,9 +92,8 @@ MODEL_HPARAMS: dict[tuple[str, str], dict] = {
     # delta-rule readout of the same layer 0.893), on the 6400-neuron layer of stdp's bench run:
     # 86.72% after one epoch (45 min of training on one core), against 80.15% with the defaults
     # on 1024 neurons at batch 128. Two epochs (cosine: reward rates x1, x0.5; ~20 min per epoch
-    # on two threads): 86.41, 88.63%; three (x1, x0.75, x0.25): 86.41, 88.80, 89.43% (bar 90: missed). On mnist5k (1024 neurons, 6 epochs, 0.833
-    # with these settings) half the reward rates gave 0.786, double 0.838, decision dropout 0.5 /
-    # 0.8 0.839 / 0.812; 14 epochs 0.871 (0.882 at epoch 12): it is the training length
+    # on two threads): 86.41, 88.63%; three (x1, x0.75, x0.25): 86.41, 88.80, 89.43% (bar 90:
+    # missed). The mnist5k probes of other settings are in the RSTDP docstring (stdp.py)
     ("rstdp", "mlp"): {"epochs": 3, "batch_size": 64,
                        "rule_options": {"decision": "deadline", "confidence": 0.05, "n_neurons": 6400,
                                         "eval_time_steps": 256}},

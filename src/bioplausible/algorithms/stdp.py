@@ -46,7 +46,8 @@ the second) 88.63%, three 89.43%. The decision layer again uses about one neuron
 not the rates or recruitment: on mnist5k (1024 neurons, batch 128, 6 epochs, 0.833 with both
 options) half the reward and punishment rates gave 0.786, double 0.838, ``decision_dropout``
 0.5 and 0.8 0.839 and 0.812 (34 and 56 distinct winners per batch instead of 11), rows rescaled
-to their initial mean weight after each update (ConvRSTDP's synaptic scaling) 0.831; 14
+to their initial mean weight after each update (ConvRSTDP's synaptic scaling, patched in for
+the probe, not an option) 0.831; 14
 epochs 0.871 (0.882 at the 12th), near the linear readout's 0.893.
 
 Input coding: images are rescaled per sample to [0, 1] (undoing the data set's affine
