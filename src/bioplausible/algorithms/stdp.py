@@ -41,7 +41,8 @@ layer (``stdp``, readout="linear") 0.893. Full MNIST, one epoch, batch 64, 6400 
 256-step test presentations (`bench/accuracy.py`): 86.72% with both, where the defaults on 1024
 neurons gave 80.15% (batch 128) and 83.36% (batch 64); the linear readout of the same layer
 (``stdp``'s bench run) 93.33%; two epochs (the cosine schedule halves the reward rates in
-the second) 88.63%, three 89.43%. The decision layer again uses about one neuron per class
+the second) 88.63%, three 89.43%, four 89.27% (86.41, 88.95, 89.55 before: more epochs on full
+MNIST stop near 89.5%). The decision layer again uses about one neuron per class
 (`decision_winners` 12.9 per batch of 64). What limits it is the number of presentations,
 not the rates or recruitment: on mnist5k (1024 neurons, batch 128, 6 epochs, 0.833 with both
 options) half the reward and punishment rates gave 0.786, double 0.838, ``decision_dropout``
