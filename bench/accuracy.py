@@ -93,7 +93,8 @@ MODEL_HPARAMS: dict[tuple[str, str], dict] = {
     # 86.72% after one epoch (45 min of training on one core), against 80.15% with the defaults
     # on 1024 neurons at batch 128. Two epochs (cosine: reward rates x1, x0.5; ~20 min per epoch
     # on two threads): 86.41, 88.63%; three (x1, x0.75, x0.25): 86.41, 88.80, 89.43% (bar 90:
-    # missed); four: 86.41, 88.95, 89.55, 89.27% (val peaked in epoch 3), so more epochs alone do not pass 90. The mnist5k probes of other settings are in the RSTDP docstring (stdp.py)
+    # missed); four: 86.41, 88.95, 89.55, 89.27% (val peaked in epoch 3),
+    # so more epochs alone do not pass 90. The mnist5k probes of other settings are in the RSTDP docstring (stdp.py)
     ("rstdp", "mlp"): {"epochs": 3, "batch_size": 64,
                        "rule_options": {"decision": "deadline", "confidence": 0.05, "n_neurons": 6400,
                                         "eval_time_steps": 256}},
