@@ -44,7 +44,7 @@ neurons gave 80.15% (batch 128) and 83.36% (batch 64); the linear readout of the
 the second) 88.63%, three 89.43%, four 89.27% (86.41, 88.95, 89.55 before: more epochs on full
 MNIST stop near 89.5%); with ``decision_dropout`` 0.5 (about 28 distinct winners per batch instead of 13) 86.84, 90.61, 91.58% after epochs 1-3. Without dropout the decision layer again uses about one neuron per class
 (`decision_winners` 12.9 per batch of 64). On mnist5k what limited it was the number of presentations,
-not the rates or recruitment (on full MNIST more epochs did not help, above): 1024 neurons, batch 128, 6 epochs, 0.833 with both
+not the rates or recruitment (on full MNIST more epochs did not help but recruitment by dropout did, above): 1024 neurons, batch 128, 6 epochs, 0.833 with both
 options, half the reward and punishment rates gave 0.786, double 0.838, ``decision_dropout``
 0.5 and 0.8 0.839 and 0.812 (34 and 56 distinct winners per batch instead of 11), rows rescaled
 to their initial mean weight after each update (ConvRSTDP's synaptic scaling, patched in for
