@@ -3,6 +3,7 @@
     bioplausible data fetch mnist && bioplausible data fetch fashion-mnist
     python bench/accuracy.py [--rules bp,fa] [--data mnist,fashion-mnist] [--models mlp,cnn]
                              [--epochs N] [--widths 1024,512,256] [--seed 0] [--store results/bench.sqlite] [--device auto]
+                             [--opt wp.n_perturbations=16 ...]
 
 Every run is recorded in the results store (config, seed, versions, timings), so the table
 printed at the end, and `bioplausible results --store ...`, read only recorded runs; a
@@ -23,6 +24,7 @@ from bioplausible.data import DataError, load
 from bioplausible.experiments.fingerprint import code_fingerprint
 from bioplausible.experiments.runner import run
 from bioplausible.experiments.store import Store
+from speed import parse_options  # bench/ is this script's directory, first on sys.path
 
 PAPER_WIDTHS = (1024, 512, 256)
 # rule -> overrides of RunConfig fields (per model where they differ)
@@ -76,8 +78,8 @@ MODEL_HPARAMS: dict[tuple[str, str], dict] = {
     ("np", "cnn"): {"epochs": 6, "lr": 1e-3, "rule_options": {"n_perturbations": 4, "balance": True}},
     # the rule's own CNN shape (no dense projection: see perturbation.py), Flipout, balanced
     # draws; mnist5k 10 epochs 91.8% (the old 32-64-64+256 net, K=16: 87.08% after 1 full epoch);
-    # full MNIST 94.06% after 6 epochs, 94.24% with --epochs 10 (bar 97); K=16 (rule option
-    # n_perturbations=16) 94.39% after 2 epochs at ~20 min each on 2 threads: no better per unit of compute
+    # full MNIST 94.06% after 6 epochs, 94.24% with --epochs 10 (bar 97); K=16 (--epochs 2
+    # --opt wp.n_perturbations=16) 94.39% after 2 epochs at ~20 min each on 2 threads: no better per unit of compute
     ("wp", "cnn"): {"epochs": 6, "lr": 3e-3, "rule_options": {"n_perturbations": 4, "balance": True}},
     ("stdp", "cnn"): {"epochs": 1, "batch_size": 128, "rule_options": {}},  # conv STDP: layer-wise STDP on the first 3,000 samples, then the readout
     # decision at the presentation's end and reward predicted by the decision's confidence
@@ -109,8 +111,11 @@ MODEL_HPARAMS: dict[tuple[str, str], dict] = {
 
 
 def config_for(rule: str, model: str, data: str, seed: int, epochs: int | None, device: str,
-               widths: tuple[int, ...] | None = None) -> RunConfig:
+               widths: tuple[int, ...] | None = None, options: dict[str, dict] | None = None) -> RunConfig:
     kw = {"batch_size": 128, "lr_schedule": "cosine", **HPARAMS.get(rule, {}), **MODEL_HPARAMS.get((rule, model), {})}
+    if options and rule in options:
+        # merged key by key over the bench's own rule options; a changed option is a new run id
+        kw["rule_options"] = {**kw.get("rule_options", {}), **options[rule]}
     if epochs is not None:
         kw["epochs"] = epochs
     if widths is not None:
@@ -120,6 +125,15 @@ def config_for(rule: str, model: str, data: str, seed: int, epochs: int | None, 
     else:
         kw.pop("widths", None)
     return RunConfig(rule=rule, model=model, data=data, seed=seed, device=device, **kw)
+
+
+def check_options(options: dict[str, dict]) -> None:
+    """Fail on an unknown rule or option before any data is loaded or run started."""
+    for rule, opts in options.items():
+        try:
+            get(rule).Options(**opts)
+        except (KeyError, ValueError) as e:
+            raise SystemExit(f"--opt {rule}.{','.join(opts)}: {e}") from None
 
 
 def print_table(rows: list[dict]) -> None:
@@ -164,9 +178,13 @@ def main():
     ap.add_argument("--device", default="auto")
     ap.add_argument("--force", action="store_true")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("--opt", action="append", default=[], metavar="RULE.KEY=VALUE",
+                    help="a rule option over the bench's settings, e.g. wp.n_perturbations=16 (repeatable)")
     ap.add_argument("--report", action="store_true",
                     help="train nothing: print the newest recorded run of every rule/model/data cell")
     args = ap.parse_args()
+    options = parse_options(args.opt)
+    check_options(options)
     if args.report:
         print_table(latest_runs(Store(args.store), args.rules.split(","), args.data.split(","),
                                 args.models.split(","), args.seed))
@@ -187,7 +205,7 @@ def main():
                 if model not in get(rule).architectures:
                     print(f"skipping {rule}/{model}: the rule does not support this model")
                     continue
-                cfg = config_for(rule, model, data_name, args.seed, args.epochs, args.device, widths)
+                cfg = config_for(rule, model, data_name, args.seed, args.epochs, args.device, widths, options)
                 t0 = time.perf_counter()
 
                 def on_epoch(r, rule=rule, model=model):
