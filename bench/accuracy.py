@@ -2,7 +2,7 @@
 
     bioplausible data fetch mnist && bioplausible data fetch fashion-mnist
     python bench/accuracy.py [--rules bp,fa] [--data mnist,fashion-mnist] [--models mlp,cnn]
-                             [--epochs N] [--widths 1024,512,256] [--seed 0] [--store results/bench.sqlite] [--device auto]
+                             [--epochs N] [--lr LR] [--widths 1024,512,256] [--seed 0] [--store results/bench.sqlite] [--device auto]
                              [--opt wp.n_perturbations=16 ...]
 
 Every run is recorded in the results store (config, seed, versions, timings), so the table
@@ -111,7 +111,8 @@ MODEL_HPARAMS: dict[tuple[str, str], dict] = {
 
 
 def config_for(rule: str, model: str, data: str, seed: int, epochs: int | None, device: str,
-               widths: tuple[int, ...] | None = None, options: dict[str, dict] | None = None) -> RunConfig:
+               widths: tuple[int, ...] | None = None, options: dict[str, dict] | None = None,
+               lr: float | None = None) -> RunConfig:
     kw = {"batch_size": 128, "lr_schedule": "cosine", **HPARAMS.get(rule, {}), **MODEL_HPARAMS.get((rule, model), {})}
     if options and rule in options:
         # merged key by key over the bench's own rule options; a changed option is a new run id
@@ -120,6 +121,8 @@ def config_for(rule: str, model: str, data: str, seed: int, epochs: int | None, 
         kw["epochs"] = epochs
     if widths is not None:
         kw["widths"] = widths
+    if lr is not None:
+        kw["lr"] = lr
     if model == "mlp":
         kw.setdefault("widths", PAPER_WIDTHS)
     else:
@@ -173,6 +176,7 @@ def main():
     ap.add_argument("--epochs", type=int, default=None, help="override every rule's epochs")
     ap.add_argument("--widths", default=None,
                     help="override every rule's MLP widths, e.g. 1024,512,256 (EP on the paper's MLP)")
+    ap.add_argument("--lr", type=float, default=None, help="override every rule's learning rate")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--store", default="results/bench.sqlite")
     ap.add_argument("--device", default="auto")
@@ -205,7 +209,8 @@ def main():
                 if model not in get(rule).architectures:
                     print(f"skipping {rule}/{model}: the rule does not support this model")
                     continue
-                cfg = config_for(rule, model, data_name, args.seed, args.epochs, args.device, widths, options)
+                cfg = config_for(rule, model, data_name, args.seed, args.epochs, args.device, widths, options,
+                                 args.lr)
                 t0 = time.perf_counter()
 
                 def on_epoch(r, rule=rule, model=model):

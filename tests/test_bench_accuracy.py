@@ -34,3 +34,12 @@ def test_opt_unknown_to_the_rule_is_rejected(accuracy):
     with pytest.raises(SystemExit, match="--opt nosuchrule"):
         accuracy.check_options({"nosuchrule": {"x": 1}})
     accuracy.check_options({"wp": {"n_perturbations": 16}})  # a valid option passes
+
+
+def test_lr_overrides_the_bench_rate_and_is_a_new_run(accuracy):
+    base = accuracy.config_for("wp", "cnn", "mnist", 0, None, "cpu")
+    cfg = accuracy.config_for("wp", "cnn", "mnist", 0, None, "cpu", lr=1e-3)
+    assert base.lr == 3e-3 and cfg.lr == 1e-3
+    assert cfg.key() != base.key()
+    # nothing else changes
+    assert cfg.model_dump(exclude={"lr"}) == base.model_dump(exclude={"lr"})
