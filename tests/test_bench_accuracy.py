@@ -38,8 +38,8 @@ def test_opt_unknown_to_the_rule_is_rejected(accuracy):
 
 def test_lr_overrides_the_bench_rate_and_is_a_new_run(accuracy):
     base = accuracy.config_for("wp", "cnn", "mnist", 0, None, "cpu")
-    cfg = accuracy.config_for("wp", "cnn", "mnist", 0, None, "cpu", lr=1e-3)
-    assert base.lr == 3e-3 and cfg.lr == 1e-3
+    cfg = accuracy.config_for("wp", "cnn", "mnist", 0, None, "cpu", lr=5e-4)
+    assert base.lr == accuracy.MODEL_HPARAMS["wp", "cnn"]["lr"] != 5e-4 and cfg.lr == 5e-4
     assert cfg.key() != base.key()
     # nothing else changes
     assert cfg.model_dump(exclude={"lr"}) == base.model_dump(exclude={"lr"})
