@@ -62,11 +62,11 @@ def noise_term(layer, h: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torc
 
 
 @torch.no_grad()
-def estimate(learner, l: int, x, y, k: int, scheme: str, gen, sigma: float = 1e-2) -> torch.Tensor:
+def estimate(learner, l: int, x, y, k: int, scheme: str, gen) -> torch.Tensor:
     layers = learner.stack.layers
     inputs, drives = learner.stack.forward_cache(x)
     layer, bsz = layers[l], x.shape[0]
-    s = sigma / layer.fan_in**0.5  # the rule's per-layer scale
+    s = learner.opts.sigma / layer.fan_in**0.5  # the rule's per-layer scale
     w, b = sample_noise(layer, k, bsz, scheme, gen)
     term = noise_term(layer, inputs[l], w, b) * s
     a = drives[l].unsqueeze(0)
