@@ -96,7 +96,10 @@ Measured (CPU, Adam, batch 64, test accuracy; BP with the same net for reference
   94.82% after 6 epochs (5e-4: 93.26%), **96.15% after 12** (~4.6 min per epoch on one
   thread; test 95.56, 96.10 after epochs 8 and 10); K=8 at lr 1e-3, 6 epochs: 92.37, 93.51, 95.31,
   95.59, 95.98, 96.08% (~11 min per epoch): the same figure for the same total number of
-  measurements. Still short of 97. What limits it: the
+  measurements. A longer schedule at a higher rate does not help: lr 1.5e-3, 20 epochs
+  (`--lr 1.5e-3 --epochs 20`, ~3.3 min per epoch on two threads) 93.64% after 4, 94.92
+  after 10, 95.68 after 15, 96.01% after 20 (best 96.09 after 18). Still short of 97. What
+  limits it: the
   variance of a layer's estimate grows with its number of weights N_l over the number of
   directions measured, B k_l (Flipout: one per sample and draw). With the balanced draws
   (K=4) that is 320/4, 18,496/4, 36,928/12 and 5,770/64 weights per draw for conv1, conv2,
