@@ -98,8 +98,11 @@ Measured (CPU, Adam, batch 64, test accuracy; BP with the same net for reference
   95.59, 95.98, 96.08% (~11 min per epoch): the same figure for the same total number of
   measurements. A longer schedule at a higher rate does not help: lr 1.5e-3, 20 epochs
   (`--lr 1.5e-3 --epochs 20`, ~3.3 min per epoch on two threads) 93.64% after 4, 94.92
-  after 10, 95.68 after 15, 96.01% after 20 (best 96.09 after 18). Still short of 97. What
-  limits it: the
+  after 10, 95.68 after 15, 96.01% after 20 (best 96.09 after 18). Twice the schedule at lr 1e-3 (`--epochs 24`, ~2.1 min per epoch
+  on two threads on a quiet machine): 94.39 after 6, 95.89 after 12, 96.51 after 20, **96.65%
+  after 24** (run f5a64bb852c4782d; training accuracy 96.78%, so the net underfits: the
+  estimate's noise, not capacity, limits it); the gain per doubling of the measurements fell
+  from 1.3 to 0.5 points. Still short of 97. What limits it: the
   variance of a layer's estimate grows with its number of weights N_l over the number of
   directions measured, B k_l (Flipout: one per sample and draw). With the balanced draws
   (K=4) that is 320/4, 18,496/4, 36,928/12 and 5,770/64 weights per draw for conv1, conv2,
