@@ -89,38 +89,38 @@ Measured (CPU, Adam, batch 64, test accuracy; BP with the same net for reference
   epochs (Adam lr 3e-3: 0.918): half the maps (16-32-32, 2.5x faster per epoch) 0.897;
   SGD with momentum 0.9 instead of Adam: lr 1e-3 0.776, lr 3e-3 0.757 after 3 then
   diverged (epoch 6), lr 1e-2 and 5e-2 diverged in epochs 2 and 1.
-- WP's CNN on full MNIST (bar 97%). At Adam lr 3e-3, the rate chosen on mnist5k (28 steps
-  per epoch), it stopped near 94%: 94.06% after 6 epochs, 94.24% after 10, and K=16 draws
+- WP's CNN on full MNIST (bar 97%). At Adam lr 3e-3, the rate chosen on mnist5k (28 steps per
+  epoch), it stopped near 94%: 94.06% after 6 epochs, 94.24% after 10, and K=16 draws
   (balanced, so the top layers get up to 256) 94.39% after 2 at ~20 min per epoch on two
-  threads. Full MNIST has 15x the steps per epoch, and there a lower rate wins: lr 1e-3
-  94.82% after 6 epochs (5e-4: 93.26%), **96.15% after 12** (~4.6 min per epoch on one
-  thread; test 95.56, 96.10 after epochs 8 and 10); K=8 at lr 1e-3, 6 epochs: 92.37, 93.51, 95.31,
-  95.59, 95.98, 96.08% (~11 min per epoch): the same figure for the same total number of
-  measurements. A longer schedule at a higher rate does not help: lr 1.5e-3, 20 epochs
-  (`--lr 1.5e-3 --epochs 20`, ~3.3 min per epoch on two threads) 93.64% after 4, 94.92
-  after 10, 95.68 after 15, 96.01% after 20 (best 96.09 after 18). Twice the schedule at lr 1e-3 (`--epochs 24`, ~2.1 min per epoch
-  on two threads on a quiet machine): 94.39 after 6, 95.89 after 12, 96.51 after 20, **96.65%
-  after 24** (run f5a64bb852c4782d; training accuracy 96.78%, so the net underfits: the
-  estimate's noise, not capacity, limits it); the gain per doubling of the measurements fell
-  from 1.3 to 0.5 points. Still short of 97. What limits it: the
-  variance of a layer's estimate grows with its number of weights N_l over the number of
-  directions measured, B k_l (Flipout: one per sample and draw). With the balanced draws
-  (K=4) that is 320/4, 18,496/4, 36,928/12 and 5,770/64 weights per draw for conv1, conv2,
-  conv3 and the readout. Measured on a BP-pretrained net (96.75% on mnist5k's validation set),
-  K=4, batch 128, 6 batches (`python bench/wp_variance.py --threads 1`): the squared error
-  of the estimate relative to the gradient's squared norm is ~63, 2,300, 5,100 and 840 for
-  the four layers (cosines 0.14, 0.02, 0.015, 0.03). Fully independent per-sample weight
-  noise gave 88, 2,100, 3,900 and 920, extra per-tap sign flips on the kernels 44, 2,400 and
-  5,700: no consistent gain over Flipout, within the spread between draws of batches (an
-  earlier draw gave conv2 3,700 with Flipout). The readout's figure is 5,770 / (4 x 128) x
-  ~75: the per-sample gradients' squared norm is ~75x that of their batch mean, so B pseudo-
-  independent directions per draw gain ~B/75 over one shared direction, not B. Scaling the
-  two inner conv layers' learning rate down (x0.3, x0.1-0.15) or up (x3) against the others
-  (mnist5k, 10 epochs) gave 0.881, 0.844 and 0.890 against 0.919. Allocating draws by
-  sqrt(N_l / C_l), C_l the cost per draw, would cut the inner layers' variance by only
-  1.3-1.6x (computed, not run). On mnist5k (K=4 balanced, lr 3e-3, cosine) the batch size
-  does not help either: 10 epochs at batch 128 0.918, at 32 0.901, at 512 0.774 (lr 1e-2:
-  0.868); 30 epochs at 128 0.937.
+  threads. Full MNIST has 15x the steps per epoch, and there a lower rate wins: lr 1e-3 94.82%
+  after 6 epochs (5e-4: 93.26%), **96.15% after 12** (~4.6 min per epoch on one thread; test
+  95.56, 96.10 after epochs 8 and 10); K=8 at lr 1e-3, 6 epochs: 92.37, 93.51, 95.31, 95.59,
+  95.98, 96.08% (~11 min per epoch): the same figure for the same total number of
+  measurements. A longer schedule at a higher rate does not help: lr 1.5e-3, 20 epochs (`--lr
+  1.5e-3 --epochs 20`, ~3.3 min per epoch on two threads) 93.64% after 4, 94.92 after 10,
+  95.68 after 15, 96.01% after 20 (best 96.09 after 18). Twice the schedule at lr 1e-3
+  (`--epochs 24`, ~2.1 min per epoch on two threads on a quiet machine): 94.39 after 6, 95.89
+  after 12, 96.51 after 20, **96.65% after 24** (run f5a64bb852c4782d; training accuracy
+  96.78%, so the net underfits: the estimate's noise, not capacity, limits it); the gain per
+  doubling of the measurements fell from 1.3 to 0.5 points. Still short of 97. What limits it:
+  the variance of a layer's estimate grows with its number of weights N_l over the number of
+  directions measured, B k_l (Flipout: one per sample and draw). With the balanced draws (K=4)
+  that is 320/4, 18,496/4, 36,928/12 and 5,770/64 weights per draw for conv1, conv2, conv3 and
+  the readout. Measured on a BP-pretrained net (96.75% on mnist5k's validation set), K=4,
+  batch 128, 6 batches (`python bench/wp_variance.py --threads 1`): the squared error of the
+  estimate relative to the gradient's squared norm is ~63, 2,300, 5,100 and 840 for the four
+  layers (cosines 0.14, 0.02, 0.015, 0.03). Fully independent per-sample weight noise gave 88,
+  2,100, 3,900 and 920, extra per-tap sign flips on the kernels 44, 2,400 and 5,700: no
+  consistent gain over Flipout, within the spread between draws of batches (an earlier draw
+  gave conv2 3,700 with Flipout). The readout's figure is 5,770 / (4 x 128) x ~75: the
+  per-sample gradients' squared norm is ~75x that of their batch mean, so B pseudo-
+  independent directions per draw gain ~B/75 over one shared direction, not B. Scaling the two
+  inner conv layers' learning rate down (x0.3, x0.1-0.15) or up (x3) against the others
+  (mnist5k, 10 epochs) gave 0.881, 0.844 and 0.890 against 0.919. Allocating draws by sqrt(N_l
+  / C_l), C_l the cost per draw, would cut the inner layers' variance by only 1.3-1.6x
+  (computed, not run). On mnist5k (K=4 balanced, lr 3e-3, cosine) the batch size does not help
+  either: 10 epochs at batch 128 0.918, at 32 0.901, at 512 0.774 (lr 1e-2: 0.868); 30 epochs
+  at 128 0.937.
 """
 
 from __future__ import annotations
