@@ -83,7 +83,8 @@ MODEL_HPARAMS: dict[tuple[str, str], dict] = {
     # 94.82% after 6 (5e-4: 93.26%), 96.15% after 12 at ~4.6 min per epoch on one thread (bar 97:
     # missed); K=8 (--epochs 6 --opt wp.n_perturbations=8, ~11 min per epoch) 96.08% after 6
     # (--lr 1.5e-3 --epochs 20: 96.01%, run d6d9671e8d31e7b1); 24 epochs at lr 1e-3: 96.65% (run
-    # f5a64bb852c4782d, ~2.1 min per epoch on two threads; 12 epochs gave 96.15)
+    # f5a64bb852c4782d, ~2.1 min per epoch on two threads; 12 epochs gave 96.15); --lr 7e-4 over
+    # the same 24 epochs: 96.73% (run 2a1fcde83984839f; ~3.1 min per epoch on a slower day)
     ("wp", "cnn"): {"epochs": 24, "lr": 1e-3, "rule_options": {"n_perturbations": 4, "balance": True}},
     ("stdp", "cnn"): {"epochs": 1, "batch_size": 128, "rule_options": {}},  # conv STDP: layer-wise STDP on the first 3,000 samples, then the readout
     # decision at the presentation's end and reward predicted by the decision's confidence

@@ -102,7 +102,10 @@ Measured (CPU, Adam, batch 64, test accuracy; BP with the same net for reference
   (`--epochs 24`, ~2.1 min per epoch on two threads on a quiet machine): 94.39 after 6, 95.89
   after 12, 96.51 after 20, **96.65% after 24** (run f5a64bb852c4782d; training accuracy
   96.78%, so the net underfits: the estimate's noise, not capacity, limits it); the gain per
-  doubling of the measurements fell from 1.3 to 0.5 points. Still short of 97. What limits it:
+  doubling of the measurements fell from 1.3 to 0.5 points. A lower rate over the same 24
+  epochs (`--lr 7e-4 --epochs 24`): 95.52 after 8, 96.24 after 12, 96.67 after 20, **96.73%
+  after 24** (run 2a1fcde83984839f, training accuracy 96.80%): 0.35-0.65 points ahead of lr
+  1e-3 in epochs 8-16, only 0.08 at the end. Still short of 97. What limits it:
   the variance of a layer's estimate grows with its number of weights N_l over the number of
   directions measured, B k_l (Flipout: one per sample and draw). With the balanced draws (K=4)
   that is 320/4, 18,496/4, 36,928/12 and 5,770/64 weights per draw for conv1, conv2, conv3 and
