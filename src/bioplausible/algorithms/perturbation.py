@@ -105,7 +105,10 @@ Measured (CPU, Adam, batch 64, test accuracy; BP with the same net for reference
   doubling of the measurements fell from 1.3 to 0.5 points. A lower rate over the same 24
   epochs (`--lr 7e-4 --epochs 24`): 95.52 after 8, 96.24 after 12, 96.67 after 20, **96.73%
   after 24** (run 2a1fcde83984839f, training accuracy 96.80%): 0.35-0.65 points ahead of lr
-  1e-3 in epochs 8-16, only 0.08 at the end. Still short of 97. What limits it:
+  1e-3 in epochs 8-16, only 0.08 at the end. Twice that schedule at lr 7e-4 (`--lr 7e-4
+  --epochs 48`, the bench default, ~2 min per epoch on two threads): 96.12 after 12, 96.34
+  after 20, 96.96 after 30, 97.06 after 33, **97.25% after 48** (run bdab6ade4a39622e, best
+  97.32 after 42; training accuracy 97.23%), the bar met. What limits it:
   the variance of a layer's estimate grows with its number of weights N_l over the number of
   directions measured, B k_l (Flipout: one per sample and draw). With the balanced draws (K=4)
   that is 320/4, 18,496/4, 36,928/12 and 5,770/64 weights per draw for conv1, conv2, conv3 and
