@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from bioplausible.algorithms import RULES, get
+from bioplausible.algorithms import RULES, architectures, resolve, validate_options
 from bioplausible.config import RunConfig
 from bioplausible.data import DataError, load
 from bioplausible.experiments.fingerprint import code_fingerprint
@@ -134,14 +134,14 @@ def config_for(rule: str, model: str, data: str, seed: int, epochs: int | None, 
         kw.setdefault("widths", PAPER_WIDTHS)
     else:
         kw.pop("widths", None)
-    return RunConfig(rule=rule, model=model, data=data, seed=seed, device=device, **kw)
+    return resolve(RunConfig(rule=rule, model=model, data=data, seed=seed, device=device, **kw))
 
 
 def check_options(options: dict[str, dict]) -> None:
     """Fail on an unknown rule or option before any data is loaded or run started."""
     for rule, opts in options.items():
         try:
-            get(rule).Options(**opts)
+            validate_options(rule, opts)
         except (KeyError, ValueError) as e:
             raise SystemExit(f"--opt {rule}.{','.join(opts)}: {e}") from None
 
@@ -213,7 +213,7 @@ def main():
             continue
         for model in args.models.split(","):
             for rule in args.rules.split(","):
-                if model not in get(rule).architectures:
+                if model not in architectures(rule):
                     print(f"skipping {rule}/{model}: the rule does not support this model")
                     continue
                 cfg = config_for(rule, model, data_name, args.seed, args.epochs, args.device, widths, options,

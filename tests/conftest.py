@@ -1,5 +1,3 @@
-import os
-
 import pytest
 import torch
 
@@ -11,10 +9,8 @@ torch.set_num_threads(1)
 @pytest.fixture(autouse=True)
 def _isolated_dirs(tmp_path, monkeypatch):
     """Keep every test away from the user's real caches and results."""
+    # (BIOPLAUSIBLE_DATA is left alone: real fetched data, if any, stays readable)
     monkeypatch.setenv("BIOPLAUSIBLE_RESULTS", str(tmp_path / "results"))
-    if "BIOPLAUSIBLE_DATA" not in os.environ:
-        # real fetched data (if any) stays readable through the default cache location
-        pass
     yield
 
 

@@ -6,6 +6,7 @@ import textwrap
 
 import pytest
 
+from bioplausible.algorithms import resolve
 from bioplausible.config import RunConfig
 from bioplausible.experiments import fingerprint
 from bioplausible.experiments.fingerprint import code_fingerprint
@@ -14,7 +15,7 @@ from bioplausible.experiments.store import SCHEMA, Store
 
 
 def _cfg(**kw):
-    return RunConfig(**{**dict(rule="bp", model="mlp", data="digits", epochs=1, widths=(16,), seed=0), **kw})
+    return resolve(RunConfig(**{**dict(rule="bp", model="mlp", data="digits", epochs=1, widths=(16,), seed=0), **kw}))
 
 
 def test_fingerprint_follows_the_rule_and_what_training_runs():

@@ -5,6 +5,7 @@ import sqlite3
 import pytest
 import torch
 
+from bioplausible.algorithms import resolve
 from bioplausible.config import RunConfig
 from bioplausible.experiments.runner import load_learner, run
 from bioplausible.experiments.store import Store, StoreError
@@ -13,7 +14,7 @@ from bioplausible.experiments.store import Store, StoreError
 
 def _cfg(**kw):
     base = dict(rule="bp", model="mlp", data="digits", epochs=2, widths=(32,), seed=0)
-    return RunConfig(**{**base, **kw})
+    return resolve(RunConfig(**{**base, **kw}))  # the registry fills in the rule's defaults
 
 
 def test_round_trip_and_skip_if_done(tmp_path, digits):

@@ -118,15 +118,9 @@ epochs = 7
 def test_unsupported_model_and_missing_dataset_are_skipped(monkeypatch, tmp_path):
     import bioplausible.algorithms as A
 
-    real_get = A.get
-
-    def get(name):
-        cls = real_get(name)
-        if name == "fa":
-            return type("MlpOnlyFA", (cls,), {"architectures": ("mlp",)})
-        return cls
-
-    monkeypatch.setattr(A, "get", get)
+    real_architectures = A.architectures
+    # fa registered for the MLP only
+    monkeypatch.setattr(A, "architectures", lambda name: ("mlp",) if name == "fa" else real_architectures(name))
     monkeypatch.setenv("BIOPLAUSIBLE_DATA", str(tmp_path))  # an empty data folder: no cifar10
     sw = parse("[grid]\nrules = ['bp', 'fa']\nmodels = ['mlp', 'cnn']\ndatasets = ['digits', 'cifar10']\n")
     cells, skipped = S.expand(sw)

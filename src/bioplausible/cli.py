@@ -12,14 +12,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .paths import results_home
+from .paths import DEFAULT_STORE
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help="Biologically plausible learning rules, compared with backprop.")
 console = Console()
 err_console = Console(stderr=True)
-
-# $BIOPLAUSIBLE_RESULTS/store.sqlite, else ./results/store.sqlite
-DEFAULT_STORE = results_home() / "store.sqlite"
 
 
 def fail(msg: str) -> None:
@@ -74,6 +71,7 @@ def run(
     from pydantic import ValidationError
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from .algorithms import resolve as resolve_rule
     from .config import RunConfig
     from .data import DataError
     from .experiments.fingerprint import code_fingerprint
@@ -86,6 +84,7 @@ def run(
             seed=seed, widths=_int_tuple(widths, "--widths"), channels=_int_tuple(channels, "--channels"), act=act,
             rule_options=parse_options(opt), device=device, data_dir=str(data_dir) if data_dir else None,
         )
+        cfg = resolve_rule(cfg)
         dev = resolve_device(device)
     except ValidationError as e:
         first = e.errors()[0]
@@ -221,13 +220,7 @@ def results(
 
 # Each subpackage that adds commands has a `cli.py` with `register(app)`.
 for _sub in ("data", "brain", "criteria", "experiments", "report"):
-    try:
-        _mod = importlib.import_module(f"bioplausible.{_sub}.cli")
-    except ModuleNotFoundError as _e:
-        if _e.name != f"bioplausible.{_sub}.cli":
-            raise
-        continue
-    _mod.register(app)
+    importlib.import_module(f"bioplausible.{_sub}.cli").register(app)
 
 
 def main() -> None:

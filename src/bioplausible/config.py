@@ -6,7 +6,7 @@ import hashlib
 import json
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class RunConfig(BaseModel):
@@ -28,40 +28,13 @@ class RunConfig(BaseModel):
     seed: int = Field(0, ge=0)
     widths: tuple[int, ...] | None = None  # MLP hidden widths; None = the paper's 1024-512-256
     channels: tuple[int, ...] | None = None  # CNN conv channels; None = preset for the input
-    act: str | None = None  # hidden activation; None = the rule's default (filled in on construction)
+    act: str | None = None  # hidden activation; None = the rule's default (filled in by algorithms.resolve)
     val_fraction: float = Field(0.1, ge=0, lt=1)
     data_dir: str | None = None  # folder with the data set's files; None = the cache
     rule_options: dict[str, Any] = Field(default_factory=dict)
     # not part of the experiment's identity:
     device: str = "auto"
     eval_batch_size: int = Field(1024, ge=1)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _resolve_defaults(cls, data: Any) -> Any:
-        # The rule's default activation is written into the config, so the stored config
-        # says which one ran and the run's key changes if a rule's default ever does (a
-        # store must not answer "already done" with a run of another network).
-        if isinstance(data, dict) and data.get("rule") is not None:
-            from pydantic import ValidationError
-
-            from .algorithms import RULES, get
-
-            if data["rule"] in RULES:
-                rule = get(data["rule"])
-                if data.get("act") is None:
-                    data = {**data, "act": rule.default_act}
-                # Likewise every rule option, defaults included: a run of a rule whose default
-                # later changes gets another key instead of matching the old run. Options
-                # that do not validate are kept as given; the learner names the bad one
-                # when the run starts (and the run is recorded as failed).
-                try:
-                    opts = rule.Options(**(data.get("rule_options") or {})).model_dump(mode="json")
-                except (ValidationError, TypeError):
-                    pass
-                else:
-                    data = {**data, "rule_options": opts}
-        return data
 
     @field_validator("widths", "channels")
     @classmethod
@@ -70,17 +43,15 @@ class RunConfig(BaseModel):
             raise ValueError("must be a non-empty list of positive integers")
         return v
 
-    @field_validator("rule", "model", "data")
+    @field_validator("model", "data")
     @classmethod
     def _known(cls, v: str, info) -> str:
-        # imported here: the registries import this module
-        from .algorithms import RULES
+        # the rule's name (and its defaults) are checked by the rule registry,
+        # `bioplausible.algorithms.resolve`, which sits above this module
         from .data import DATASETS
         from .models import ARCHITECTURES
 
-        label, known = {"rule": ("rule", RULES), "model": ("model", ARCHITECTURES), "data": ("dataset", DATASETS)}[
-            info.field_name
-        ]
+        label, known = {"model": ("model", ARCHITECTURES), "data": ("dataset", DATASETS)}[info.field_name]
         if v not in known:
             raise ValueError(f"unknown {label} {v!r}; known: {', '.join(known)}")
         return v

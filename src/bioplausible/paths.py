@@ -18,3 +18,7 @@ def data_home() -> Path:
 def results_home() -> Path:
     """Default results folder (the SQLite store lives here): $BIOPLAUSIBLE_RESULTS or ./results."""
     return Path(os.environ.get("BIOPLAUSIBLE_RESULTS", "results"))
+
+
+# $BIOPLAUSIBLE_RESULTS/store.sqlite, else ./results/store.sqlite (read when the CLI is imported)
+DEFAULT_STORE = results_home() / "store.sqlite"

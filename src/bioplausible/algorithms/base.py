@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from ..config import RunConfig
-from ..criteria.claims import Claim, Claims, no
+from .claims import Claim, Claims, no
 from ..models import Stack
 
 

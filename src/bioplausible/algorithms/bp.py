@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
-from ..criteria.claims import Claims, no
+from .claims import Claims, no
 from .base import Learner
 
 

@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from ..criteria.claims import Claims, no, yes
+from .claims import Claims, no, yes
 from .base import ExplicitBackward
 
 

@@ -63,7 +63,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from ..criteria.claims import Claims, no, yes
+from .claims import Claims, no, yes
 from ..models.layers import ACTIVATIONS, Layer
 from .base import Learner
 

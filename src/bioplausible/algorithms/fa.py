@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ..criteria.claims import yes
+from .claims import yes
 from .base import ExplicitBackward, layerwise_feedback_claims
 
 

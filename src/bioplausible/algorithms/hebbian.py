@@ -82,7 +82,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..criteria.claims import Claims, no, partial, yes
+from .claims import Claims, no, partial, yes
 from ..models import Layer, build, without_projection
 from .base import Learner
 

@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from ..criteria.claims import Claims, no, partial, yes
+from .claims import Claims, no, partial, yes
 from .base import Learner
 
 

@@ -63,7 +63,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..criteria.claims import Claims, no, yes
+from .claims import Claims, no, yes
 from .base import Learner
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from ..criteria.claims import partial
+from .claims import partial
 from .base import ExplicitBackward, layerwise_feedback_claims
 
 

@@ -95,7 +95,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..criteria.claims import Claims, partial, yes
+from .claims import Claims, partial, yes
 from ..models import Layer, Stack
 from ..models.spiking import LIFState, decay, encode, spike_probabilities, to_unit_range
 from .base import Learner

@@ -77,7 +77,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..criteria.claims import Claims, partial, yes
+from .claims import Claims, partial, yes
 from ..models import Layer, Stack
 from ..models.spiking import decay, dog_kernel, encode, on_off, to_unit_range
 from .stdp import RSTDP, STDP

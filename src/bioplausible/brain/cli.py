@@ -136,7 +136,7 @@ def _encoding(store: Any, result: Any, rec: Any, selection: str) -> list[tuple[t
 
 def register(app: typer.Typer) -> None:
     """Add the `brain` command to `app`."""
-    from ..cli import DEFAULT_STORE
+    from ..paths import DEFAULT_STORE
 
     @app.command("brain")
     def brain(

@@ -114,7 +114,10 @@ def code_fingerprint(rule: str) -> str:
     if rule not in _RULES:
         raise ValueError(f"unknown rule {rule!r}")
     h = hashlib.sha256()
-    trees = _trees(f"bioplausible.algorithms.{_RULES[rule].split(':')[0]}")
+    spec = _RULES[rule]  # "module:Class", or one such per architecture
+    trees: dict[str, ast.Module] = {}
+    for s in (spec.values() if isinstance(spec, dict) else [spec]):
+        trees.update(_trees(f"bioplausible.algorithms.{s.split(':')[0]}"))
     for m in sorted(trees):  # each file read and parsed once
         h.update(m.encode() + b"\0")
         h.update(ast.dump(_strip_docstrings(trees[m])).encode() + b"\0")

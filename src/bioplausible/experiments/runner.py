@@ -18,6 +18,7 @@ import torch
 
 from .. import __version__
 from ..algorithms import get as get_rule
+from ..algorithms import resolve as resolve_rule
 from ..algorithms.base import Learner
 from ..config import RunConfig
 from ..data import Dataset, load
@@ -60,7 +61,7 @@ def git_commit() -> str | None:
 
 
 def build_learner(cfg: RunConfig, input_shape, num_classes: int, device: torch.device | str = "cpu") -> Learner:
-    rule = get_rule(cfg.rule)
+    rule = get_rule(cfg.rule, cfg.model)
     kw: dict[str, Any] = {"act": cfg.act or rule.default_act}
     if cfg.model == "mlp" and cfg.widths is not None:
         kw["widths"] = tuple(cfg.widths)
@@ -75,7 +76,7 @@ def build_learner(cfg: RunConfig, input_shape, num_classes: int, device: torch.d
 def build_untrained(config: dict[str, Any], seed: int, input_shape=None, num_classes: int | None = None) -> Learner:
     """The same architecture and rule with fresh random weights (a baseline for comparisons).
     Without `input_shape`/`num_classes` the data set is read to find them."""
-    cfg = RunConfig(**{**config, "seed": seed, "device": "cpu"})
+    cfg = resolve_rule(RunConfig(**{**config, "seed": seed, "device": "cpu"}))
     if input_shape is None or num_classes is None:
         data = load(cfg.data, cfg.data_dir, cfg.val_fraction)
         input_shape, num_classes = data.input_shape, data.num_classes
@@ -204,6 +205,7 @@ def run(
 ) -> dict[str, Any] | None:
     """Run `cfg` and record it. Returns the run row, or None when it was already done by
     the same code."""
+    cfg = resolve_rule(cfg)
     run_id = cfg.key()
     if not force and store.has(run_id, code=code_fingerprint(cfg.rule)):
         return None
@@ -224,6 +226,7 @@ def execute(
     """Train `cfg` and return the full run row (with '_epochs'), never raising for a bad
     run: divergence and errors become statuses. Used in-process and by sweep workers, which
     send the row back to the one process that writes the store."""
+    cfg = resolve_rule(cfg)
     run_id = cfg.key()
     started, t0 = _now(), time.perf_counter()
     base = {

@@ -174,11 +174,13 @@ def _check_fields(src: str, where: str, table: dict[str, Any], rule: str, extra:
     return dict(table)
 
 
-def _check_rule_options(src: str, where: str, rule: str, opts: dict[str, Any]) -> None:
-    from ..algorithms import get
+def _check_rule_options(src: str, where: str, rule: str, opts: dict[str, Any], model: str | None = None) -> None:
+    from ..algorithms import architectures, validate_options
 
+    if model is not None and model not in architectures(rule):
+        model = None  # the cell is skipped anyway; checked as for any architecture
     try:
-        get(rule).Options(**opts)
+        validate_options(rule, opts, model)
     except ValidationError as e:
         err = e.errors()[0]
         loc = ".".join(str(p) for p in err["loc"])
@@ -269,7 +271,8 @@ def parse_sweep(text: str, src: str = "<sweep>") -> Sweep:
         _check_rule_options(src, where, r, base_opts)
         for sub in ("models", "datasets"):
             for name, st in t.get(sub, {}).items():
-                _check_rule_options(src, f"{where}.{sub}.{name}", r, {**base_opts, **st.get("rule_options", {})})
+                _check_rule_options(src, f"{where}.{sub}.{name}", r, {**base_opts, **st.get("rule_options", {})},
+                                    name if sub == "models" else None)
         rule_over[r] = t
 
     sweep_t = _check_keys(src, "sweep", doc.get("sweep", {}), SWEEP_KEYS)
@@ -336,7 +339,7 @@ def dataset_available(name: str, data_dir: str | None = None) -> bool:
 def expand(sw: Sweep, device: str = "auto") -> tuple[list[Cell], list[Skipped]]:
     """All cells of the grid (ordered by dataset, model, rule, seed so that a process meets
     each dataset in one stretch) and the combinations skipped, with the reason."""
-    from ..algorithms import get
+    from ..algorithms import architectures, resolve
 
     cells: list[Cell] = []
     skipped: list[Skipped] = []
@@ -344,7 +347,7 @@ def expand(sw: Sweep, device: str = "auto") -> tuple[list[Cell], list[Skipped]]:
         for model in sw.models:
             for rule in sw.rules:
                 try:
-                    archs = get(rule).architectures
+                    archs = architectures(rule)
                 except Exception as e:  # a registered rule whose module is broken or not there yet
                     skipped.append(Skipped(rule, model, data, f"rule {rule} cannot be loaded: {type(e).__name__}: {e}"))
                     continue
@@ -356,7 +359,8 @@ def expand(sw: Sweep, device: str = "auto") -> tuple[list[Cell], list[Skipped]]:
                     skipped.append(Skipped(rule, model, data, f"dataset {data} is not on disk"))
                     continue
                 for seed in sw.seeds:
-                    cells.append(Cell(RunConfig(rule=rule, model=model, data=data, seed=seed, device=device, **s)))
+                    cells.append(Cell(resolve(RunConfig(rule=rule, model=model, data=data, seed=seed, device=device,
+                                                        **s))))
     return cells, skipped
 
 

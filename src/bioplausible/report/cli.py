@@ -12,7 +12,7 @@ __all__ = ["register"]
 
 
 def register(app: typer.Typer) -> None:
-    from ..cli import DEFAULT_STORE
+    from ..paths import DEFAULT_STORE
 
     @app.command()
     def report(

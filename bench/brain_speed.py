@@ -1,4 +1,4 @@
-"""Speed of the brain comparison at full size: `python -m bioplausible.brain.bench`.
+"""Speed of the brain comparison at full size: `python bench/brain_speed.py`.
 
 Scores R rules x L layers (plus, per rule, an untrained baseline with S seeds, and the
 reference models) on the 92 stimuli against every target RDM with B bootstrap resamples,
@@ -15,10 +15,10 @@ import time
 import numpy as np
 import torch
 
-from ..data.base import DataError
-from .compare import BrainComparison, Source
-from .recordings import Recordings, Target, load_kriegeskorte92
-from .rsa import activation_rdm, to_vectors
+from bioplausible.brain.compare import BrainComparison, Source
+from bioplausible.brain.recordings import Recordings, Target, load_kriegeskorte92
+from bioplausible.brain.rsa import activation_rdm, to_vectors
+from bioplausible.data.base import DataError
 
 
 def _recordings(seed: int) -> Recordings:
