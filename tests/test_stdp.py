@@ -162,7 +162,7 @@ def test_rstdp_confident_decision_learns_nothing_from_its_reward(digits, model, 
     full margin (any lead, at a tiny margin) changes no weight, a punishment always does, and
     at a huge margin the reward counts (almost) in full; only the winner's row ever changes."""
     xb, _ = next(iter(digits.batches(1, 0, 1)))
-    opts = {"decision": "deadline", "confidence": confidence} if model == "mlp" else {"conv_confidence": confidence}
+    opts = {"decision": "deadline", "confidence": confidence} if model == "mlp" else {"conv_confidence": confidence, "conv_decision": "race"}
     L, state = _rstdp_presentation(model, xb, **opts)
     win = int(L.winners(state)[0])
     inp = state["input"][0]
@@ -200,7 +200,7 @@ def test_rstdp_rates_follow_the_lr_schedule(digits, model):
     xb, yb = next(iter(digits.batches(32, 0, 1)))
     steps = []
     for factor in (0.0, 0.5, 1.0):
-        L, state = _rstdp_presentation(model, xb, conv_decision_norm=False)
+        L, state = _rstdp_presentation(model, xb, **({"conv_decision_norm": False} if model == "cnn" else {}))
         L.set_lr_factor(factor)
         before = L.readout.weight.clone()
         L.learn_decision(state, yb)

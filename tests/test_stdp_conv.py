@@ -261,7 +261,7 @@ def test_deadline_decision_is_the_most_driven_neuron(digits):
     """With `conv_decision="deadline"` the winner (the neuron that learns) and the predicted
     class are those of the decision neuron with the most summed input, not of the race."""
     xb, _ = next(iter(digits.batches(64, 0, 1)))
-    race, deadline = _learner(rule="rstdp"), _learner(rule="rstdp", conv_decision="deadline")
+    race, deadline = _learner(rule="rstdp", conv_decision="race"), _learner(rule="rstdp", conv_decision="deadline")
     deadline.load_state_dict(race.state_dict())
     _, extra = deadline.simulate(xb, learn=None, train=True)
     state = extra["state"]
@@ -272,3 +272,26 @@ def test_deadline_decision_is_the_most_driven_neuron(digits):
     pred = deadline.predict(xb).argmax(1)
     _, ev = deadline.simulate(xb)
     assert torch.equal(pred, ev["state"]["input"].argmax(1) // k)
+
+
+def test_conv_options_are_a_model_of_their_own():
+    """The conv rules' options are not the dense rule's: a dense-only option is rejected by
+    name, and the old ``conv_*`` spellings still set the conv fields."""
+    from pydantic import ValidationError
+
+    from bioplausible.algorithms.stdp import RSTDPOptions, STDPOptions
+    from bioplausible.algorithms.stdp_conv import ConvRSTDPOptions, ConvSTDPOptions
+
+    o = ConvSTDPOptions(conv_time_steps=8, eta_post=0.1)
+    assert (o.time_steps, o.eta_post) == (8, 0.1) and "conv_time_steps" not in o.model_dump()
+    assert ConvSTDPOptions(**o.model_dump()) == o  # a recorded config reads back
+    with pytest.raises(ValidationError, match="n_neurons"):
+        ConvSTDPOptions(n_neurons=10)
+    with pytest.raises(ValidationError, match="conv_time_steps"):
+        STDPOptions(conv_time_steps=8)
+    with pytest.raises(ValidationError, match="decision"):
+        ConvSTDPOptions(decision="race")  # a reward option on the unsupervised rule
+    assert set(STDPOptions.model_fields) < set(RSTDPOptions.model_fields)
+    assert set(ConvSTDPOptions.model_fields) < set(ConvRSTDPOptions.model_fields)
+    L = _learner(rule="rstdp", conv_time_steps=4)
+    assert type(L.opts) is ConvRSTDPOptions and L.opts.time_steps == 4

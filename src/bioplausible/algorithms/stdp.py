@@ -31,25 +31,11 @@ fires most (ties broken by summed input). The reward r = +1 when it is right, -1
 wrong, and only the winning neuron's incoming weights change, by r times the same trace STDP
 term (punishment is anti-STDP), with the soft bound w (1 - w) of Mozafari et al. Prediction:
 decision neurons' spike counts summed per class. Two options change the decision layer as
-they do on the CNN (see stdp_conv.ConvRSTDP for why): ``decision="deadline"`` makes the winner
+they do on the CNN (see `stdp_conv.ConvRSTDP`): ``decision="deadline"`` makes the winner
 and the prediction the decision neuron with the most summed input when the presentation ends
 (a class then scores by its best neuron), and ``confidence`` predicts the reward by the
-winner's lead over the runner-up, so a clear win learns nothing from its reward. On mnist5k
-(1024 neurons, 6 epochs, batch 128): the defaults 0.712, deadline 0.731, confidence 0.05 alone
-0.725, both 0.853 (margin 0.01: 0.841, 0.2: 0.743); a linear delta-rule readout of the same
-layer (``stdp``, readout="linear") 0.893. Full MNIST, one epoch, batch 64, 6400 neurons and
-256-step test presentations (`bench/accuracy.py`): 86.72% with both, where the defaults on 1024
-neurons gave 80.15% (batch 128) and 83.36% (batch 64); the linear readout of the same layer
-(``stdp``'s bench run) 93.33%; two epochs (the cosine schedule halves the reward rates in
-the second) 88.63%, three 89.43%, four 89.27% (86.41, 88.95, 89.55 before: more epochs on full
-MNIST stop near 89.5%); with ``decision_dropout`` 0.5 (about 28 distinct winners per batch instead of 13) 86.84, 90.61, 91.58% after epochs 1-3. Without dropout the decision layer again uses about one neuron per class
-(`decision_winners` 12.9 per batch of 64). On mnist5k what limited it was the number of presentations,
-not the rates or recruitment (on full MNIST more epochs did not help but recruitment by dropout did, above): 1024 neurons, batch 128, 6 epochs, 0.833 with both
-options, half the reward and punishment rates gave 0.786, double 0.838, ``decision_dropout``
-0.5 and 0.8 0.839 and 0.812 (34 and 56 distinct winners per batch instead of 11), rows rescaled
-to their initial mean weight after each update (ConvRSTDP's synaptic scaling, patched in for
-the probe, not an option) 0.831; 14
-epochs 0.871 (0.882 at the 12th), near the linear readout's 0.893.
+winner's lead over the runner-up, so a clear win learns nothing from its reward. What was
+measured with them is in docs/notes/stdp.md.
 
 Input coding: images are rescaled per sample to [0, 1] (undoing the data set's affine
 standardisation), then each pixel fires with probability proportional to its intensity,
@@ -61,8 +47,7 @@ One step is one time unit; ``time_steps`` per presentation (Diehl & Cook: 350 ms
 Architecture: on the MLP this rule builds its own stack, [fc1: inputs -> excitatory layer,
 readout], because a Diehl & Cook network has one plastic layer. The number of excitatory
 neurons is ``n_neurons`` when given, else ``cfg.widths[0]`` when widths are given, else 1600
-(Diehl & Cook's size with 91.9% on MNIST; the paper's 1024-512-256 stack is not used,
-deeper STDP layers do not help in that model).
+(Diehl & Cook's size, 91.9% on MNIST in their paper).
 
 Batching: a batch is B independent networks sharing weights, thresholds and assignment.
 Learning is batched too: the STDP terms are summed over time and over the B networks of a
@@ -73,14 +58,8 @@ dynamics without learning and without theta changes; samples that evoke fewer th
 ``min_spikes`` spikes are re-run with doubled input rate (at most ``retries`` times, as Diehl
 & Cook do), vectorised over the subset.
 
-On the CNN (``--model cnn``) ``stdp`` is convolutional STDP, `stdp_conv.ConvSTDP`: conv
-layers of LIF neurons with winner-take-all across feature maps, homeostasis and the same
-trace rule for all positions at once, trained layer-wise as in Kheradpisheh et al. (2018),
-with a delta-rule readout on pooled spike counts. `STDP.__new__` hands a cnn stack to that
-subclass, so the rule keeps one registry line; its options are the ``conv_*`` fields below
-(plus ``dog``, ``readout_norm``, ``readout_pool``; ``encoding``, ``tau_pre``, ``tau_post`` and
-``w_max`` are shared), which the dense rule ignores. ``rstdp`` on the CNN is
-`stdp_conv.ConvRSTDP` (the same conv STDP layers, decision neurons learning from reward).
+On the CNN (``--model cnn``) ``stdp`` and ``rstdp`` are other classes with options of their
+own, registered per architecture: `stdp_conv.ConvSTDP` and `stdp_conv.ConvRSTDP`.
 
 Every input-to-layer current is computed by ``Layer.drive`` on the spike vector (bias zero
 and frozen), the learning pathway reads spikes and traces only. Nothing uses the shared
@@ -102,118 +81,72 @@ from .base import Learner
 
 
 class STDPOptions(BaseModel):
+    """Options of ``stdp`` on the MLP (Diehl & Cook's network)."""
+
     model_config = ConfigDict(extra="forbid")
 
-    n_neurons: int | None = Field(None, ge=1)
-    time_steps: int = Field(64, ge=1)
-    # steps per presentation at evaluation; None = time_steps. Longer test presentations
-    # average out more of the Poisson noise (Diehl & Cook present test images as long as training ones)
-    eval_time_steps: int | None = Field(None, ge=1)
-    encoding: Literal["poisson", "rate"] = "poisson"
-    spikes_per_step: float = Field(8.0, gt=0)  # mean input spikes per step per sample
-    tau_mem: float = Field(20.0, gt=0)  # in steps
-    tau_pre: float = Field(8.0, gt=0)
-    tau_post: float = Field(8.0, gt=0)
-    eta_post: float = Field(0.01, ge=0)
-    eta_pre: float = Field(0.002, ge=0)
-    x_tar: float = Field(0.0, ge=0)  # Diehl & Cook's presynaptic target: LTP uses (x_pre - x_tar)
-    w_max: float = Field(1.0, gt=0)
-    w_sum: float | None = Field(0.1, gt=0)  # row-sum target per input; None = no normalisation
-    v_thresh: float = Field(2.0, gt=0)
-    theta_plus: float = Field(0.02, ge=0)
-    # theta's decay time constant in samples; None = 40 * n_neurons, which makes theta settle
-    # near theta_plus * 40 * (spikes per sample) whatever the layer size (a neuron wins about
-    # 1 / n_neurons of the samples), instead of growing until nothing fires on long runs
-    tau_theta: float | None = Field(None, gt=0)
-    inhibition: float = Field(5.0, ge=0)
-    one_winner: bool = False  # True: at most one spike per step (hard WTA); measured worse on mnist5k
-    assign_decay: float = Field(0.99, gt=0, le=1)
-    # stdp on the MLP: "assign" = Diehl & Cook's vote of the neurons assigned to each class;
-    # "linear" = a linear readout of the spike rates trained by the local delta rule
-    readout: Literal["assign", "linear"] = "assign"
-    min_spikes: int = Field(5, ge=0)
-    retries: int = Field(2, ge=0)
-    # R-STDP only
-    decision_per_class: int = Field(10, ge=1)
-    eta_reward: float = Field(0.1, ge=0)
-    eta_punish: float = Field(0.05, ge=0)
-    decision_thresh: float = Field(2.0, gt=0)
-    decision_dropout: float = Field(0.0, ge=0, lt=1)  # R-STDP: chance a decision neuron is silenced per training sample
-    # R-STDP: the decision (the winner, which learns, and the prediction) is the decision neuron
-    # that fires most ("race") or the one with the most summed input when the presentation ends
-    # ("deadline"); on the CNN see conv_decision
-    decision: Literal["race", "deadline"] = "race"
-    # R-STDP: reward predicted by the decision's confidence (see RSTDP.reward_confidence); a
-    # reward counts by (1 - lead / this), None = every reward counts; on the CNN see conv_confidence
-    confidence: float | None = Field(None, gt=0)
-    # CNN only (`stdp_conv.ConvSTDP`); shared with the dense rule: encoding, tau_pre, tau_post, w_max
-    dog: bool | None = None  # on/off DoG retina; None = on for inputs of 16 px or more
-    conv_kernel: int | None = Field(None, ge=1)  # None = 5 (3 on inputs under 16 px)
-    conv_pool: tuple[int, ...] | None = None  # per conv layer; None = down to 7x7 (4x4 on 8x8)
-    conv_time_steps: int = Field(16, ge=1)
-    conv_max_rate: float = Field(0.5, gt=0, le=1)  # input firing probability per step at full contrast
-    conv_tau_mem: float = Field(20.0, gt=0)
-    conv_v_thresh: float = Field(2.0, gt=0)
-    conv_inhibition: float = Field(1.0, ge=0)
-    conv_eta_post: float = Field(0.05, ge=0)
-    conv_eta_pre: float = Field(0.01, ge=0)
-    conv_w_mean: float | None = Field(0.2, gt=0)  # kernel mean after each update; None = no normalisation
-    conv_theta_eta: float = Field(0.05, ge=0)
-    conv_learn_samples: int = Field(3000, ge=0)  # training samples per conv layer (layer-wise); 0 = no STDP
-    readout_norm: bool = True
-    readout_pool: Literal["max", "avg"] = "avg"  # pooling of the last conv layer's counts for the readout
-    # conv R-STDP rates: larger than Mozafari et al.'s 0.004 (a_r+, a_p-), which barely moved
-    # the weights in a few epochs (digits: chance after 3 epochs)
-    conv_eta_reward: float = Field(0.1, ge=0)
-    conv_eta_punish: float = Field(0.1, ge=0)
-    # conv R-STDP: decision threshold (= lateral inhibition) in units of the current that all
-    # inputs firing at once would give at the initial mean weight (0.8 x number of inputs)
-    conv_decision_thresh: float = Field(0.05, gt=0)
-    conv_adaptive_rates: bool = True  # conv R-STDP: reward x miss rate, punishment x hit rate (Mozafari)
-    conv_decision_norm: bool = True  # conv R-STDP: rescale decision rows to mean 0.8 after each update
-    # conv R-STDP: the winner's synapses change by trace STDP ("trace") or by Mozafari et al.'s
-    # timing-sign rule ("sign": +1 if the input spiked by the winner's first spike, else -1)
-    conv_decision_rule: Literal["trace", "sign"] = "trace"
-    conv_sign_gain: float = Field(3.0, gt=0)  # "sign": step relative to the reward/punishment rate
-    # conv R-STDP: reward prediction from the decision's confidence, the winner's lead in summed
-    # input over the runner-up relative to its own; a reward counts by (1 - lead / this), so a
-    # decision won by this margin or more learns nothing from its reward. None = every reward counts
-    conv_confidence: float | None = Field(None, gt=0)
-    # conv R-STDP: the decision is the neuron that fires most in the race to threshold ("race",
-    # Mozafari et al.'s first spike), or the one with the most summed input when the
-    # presentation ends ("deadline"); the winner learns from its own spikes either way
-    conv_decision: Literal["race", "deadline"] = "race"
+    n_neurons: int | None = Field(None, ge=1, description="excitatory neurons; None = cfg.widths[0], else 1600")
+    time_steps: int = Field(64, ge=1, description="steps per training presentation")
+    eval_time_steps: int | None = Field(
+        None, ge=1, description="steps per presentation at evaluation (longer ones average out Poisson noise); "
+        "None = time_steps")
+    encoding: Literal["poisson", "rate"] = Field("poisson", description="input spike trains: Poisson or regular")
+    spikes_per_step: float = Field(8.0, gt=0, description="mean input spikes per step per sample")
+    tau_mem: float = Field(20.0, gt=0, description="membrane time constant (steps)")
+    tau_pre: float = Field(8.0, gt=0, description="presynaptic trace time constant (steps)")
+    tau_post: float = Field(8.0, gt=0, description="postsynaptic trace time constant (steps)")
+    eta_post: float = Field(0.01, ge=0, description="potentiation rate (post spike after pre activity)")
+    eta_pre: float = Field(0.002, ge=0, description="depression rate (pre spike after post activity)")
+    x_tar: float = Field(0.0, ge=0, description="Diehl & Cook's presynaptic target: potentiation uses x_pre - x_tar")
+    w_max: float = Field(1.0, gt=0, description="upper weight bound")
+    w_sum: float | None = Field(
+        0.1, gt=0, description="row-sum target per input (Diehl & Cook's normalisation); None = none")
+    v_thresh: float = Field(2.0, gt=0, description="firing threshold before adaptation")
+    theta_plus: float = Field(0.02, ge=0, description="threshold increase per spike (adaptive threshold)")
+    tau_theta: float | None = Field(
+        None, gt=0, description="threshold decay time constant in samples; None = 40 x n_neurons, so theta "
+        "settles whatever the layer size instead of growing until nothing fires")
+    inhibition: float = Field(5.0, ge=0, description="lateral inhibition per spike (soft winner-take-all)")
+    one_winner: bool = Field(False, description="at most one spike per step (hard winner-take-all)")
+    assign_decay: float = Field(0.99, gt=0, le=1, description="per-batch decay of the class-response tally")
+    readout: Literal["assign", "linear"] = Field(
+        "assign", description="assign: Diehl & Cook's vote of the neurons assigned to each class; linear: a "
+        "readout of the spike rates trained by the local delta rule (stdp only)")
+    min_spikes: int = Field(5, ge=0, description="evaluation: samples with fewer spikes are re-presented")
+    retries: int = Field(2, ge=0, description="evaluation: re-presentations at doubled rate, at most")
+
+
+class RSTDPOptions(STDPOptions):
+    """Options of ``rstdp`` on the MLP: the STDP layer's, and the decision layer's."""
+
+    decision_per_class: int = Field(10, ge=1, description="decision neurons per class")
+    eta_reward: float = Field(0.1, ge=0, description="rate of the winner's STDP when the decision is right")
+    eta_punish: float = Field(0.05, ge=0, description="rate of the winner's anti-STDP when it is wrong")
+    decision_thresh: float = Field(2.0, gt=0, description="decision neurons' firing threshold")
+    decision_dropout: float = Field(
+        0.0, ge=0, lt=1, description="chance a decision neuron is silenced per training sample (Mozafari)")
+    decision: Literal["race", "deadline"] = Field(
+        "race", description="the winner (which learns, and the prediction): the decision neuron that fires most "
+        "(race) or the one with the most summed input when the presentation ends (deadline)")
+    confidence: float | None = Field(
+        None, gt=0, description="a reward counts by (1 - lead / this), lead the winner's relative lead over the "
+        "runner-up (see RSTDP.reward_confidence); None = every reward counts")
 
 
 class STDP(Learner):
     name = "stdp"
-    description = ("Diehl & Cook 2015 unsupervised STDP in LIF neurons, response-based label assignment; "
-                   "on the CNN: conv STDP (Kheradpisheh 2018 style) + delta-rule readout")
+    description = "Diehl & Cook 2015 unsupervised STDP in LIF neurons, response-based label assignment"
     Options = STDPOptions
-    architectures = ("mlp", "cnn")
+    architectures = ("mlp",)
     claims = Claims(
         c1_no_weight_transport=yes("no feedback pathway: updates use pre/post spike traces only"),
         c2_local_error=yes("each synapse changes from its own pre- and post-synaptic traces"),
         c3_single_phase=yes("learning happens during the one presentation"),
         c4_spiking=yes("LIF neurons communicate by binary spikes"),
         c5_label_free_hidden=yes("labels only assign neurons to classes after the fact; weights never see them"),
-        c6_unsigned_error=yes("no error signal at all (on the MLP; on the CNN the delta-rule readout uses a "
-                              "signed error: see stdp_conv.ConvSTDP.claims)"),
+        c6_unsigned_error=yes("no error signal at all (with readout='linear' the readout's delta rule uses a "
+                              "signed error)"),
     )
-
-    is_conv = False
-
-    def __new__(cls, *args, **kwargs):
-        # One rule, one registry line: a cnn stack gets the convolutional implementation
-        # (a subclass, so isinstance checks and the shared machinery still hold). Called
-        # without arguments (copy, unpickling) it builds the class asked for.
-        stack = args[0] if args else kwargs.get("stack")
-        target = cls
-        if stack is not None and getattr(stack, "arch", None) == "cnn" and not cls.is_conv:
-            from .stdp_conv import conv_variant
-
-            target = conv_variant(cls)
-        return super().__new__(target)
 
     # -- construction ----------------------------------------------------------------------
     def n_exc(self) -> int:
@@ -445,6 +378,7 @@ class STDP(Learner):
 class RSTDP(STDP):
     name = "rstdp"
     description = "Reward-modulated STDP (Mozafari et al. 2018): STDP layer + decision neurons learning from reward"
+    Options = RSTDPOptions
     claims = Claims(
         c1_no_weight_transport=yes("no feedback pathway: updates use spike traces and a scalar reward"),
         c2_local_error=partial("synapses use local traces times one global scalar reward (a neuromodulator)"),
@@ -462,8 +396,8 @@ class RSTDP(STDP):
 
     def set_lr_factor(self, factor: float) -> None:
         # the schedule anneals the decision layer's plasticity too (these updates are not
-        # gradients, but without annealing the layer keeps hopping between fixed points: conv
-        # R-STDP on full MNIST went 94.26% -> 92.83% from epoch 3 to 4 at constant rates)
+        # gradients, but without annealing the layer keeps hopping between fixed points; see
+        # docs/notes/stdp.md)
         super().set_lr_factor(factor)
         self.rate_factor = factor
 
