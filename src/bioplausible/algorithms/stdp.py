@@ -191,6 +191,7 @@ class STDP(Learner):
                    "on the CNN: conv STDP (Kheradpisheh 2018 style) + delta-rule readout")
     Options = STDPOptions
     architectures = ("mlp", "cnn")
+    own_network = "it builds a spiking network of its own shape (LIF layers with lateral inhibition)"
     claims = Claims(
         c1_no_weight_transport=yes("no feedback pathway: updates use pre/post spike traces only"),
         c2_local_error=yes("each synapse changes from its own pre- and post-synaptic traces"),
