@@ -96,10 +96,11 @@ class Inverse(nn.Module):
             self.weight = nn.Parameter(torch.empty(n_out, n_in))
             fan_in = n_in
         else:
-            self.padding = upper.padding
-            k = upper.kernel_size
-            self.weight = nn.Parameter(torch.empty(lower.out_features, upper.out_features, k, k))
-            fan_in = upper.out_features * k * k
+            kh, kw = (upper.kernel_size,) * 2 if isinstance(upper.kernel_size, int) else upper.kernel_size
+            # "same" padding, whatever the forward layer's: the inverse works at the size below
+            self.padding = (kh // 2, kw // 2)
+            self.weight = nn.Parameter(torch.empty(lower.out_features, upper.out_features, kh, kw))
+            fan_in = upper.out_features * kh * kw
         self.bias = nn.Parameter(torch.empty(self.out_shape[0] if upper.kind == "conv" else math.prod(out_shape)))
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
         nn.init.uniform_(self.bias, -1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in))
@@ -112,6 +113,8 @@ class Inverse(nn.Module):
                 # undo the pooling to the exact size below (pooling floors odd sizes: 7x7 -> 3x3)
                 h = F.interpolate(h, size=self.out_shape[1:], mode="nearest")
             a = F.conv2d(h, self.weight, self.bias, padding=self.padding)
+            if tuple(a.shape[-2:]) != self.out_shape[1:]:  # an even kernel: one row/column more
+                a = F.interpolate(a, size=self.out_shape[1:], mode="nearest")
         return ACTIVATIONS[self.act](a)
 
 

@@ -147,6 +147,8 @@ class EquilibriumPropagation(Learner):
         self.K = len(layers) - 1 if o.loss == "ce" else len(layers)
         if self.K < 1:
             raise ValueError("EP needs at least one hidden layer")
+        if any(l.pool > 1 and l.pool_kind != "max" for l in layers):
+            raise ValueError("ep: only max-pooling is supported (its states route through the pool's argmax)")
         if o.loss == "mse" and layers[-1].act != "hardsigmoid01":
             # the output is a state of the network here and must be bounded like the others
             layers[-1].act = "hardsigmoid01"

@@ -162,7 +162,7 @@ def _unit_gate(layer: Layer, a: torch.Tensor) -> torch.Tensor:
         g = act_derivative(layer.act, a)
     except ValueError:  # an activation without closed-form derivative: no gating
         g = torch.ones_like(a)
-    if layer.pool > 1:
+    if layer.pool > 1 and layer.pool_kind == "max":  # average pooling passes every unit on
         h = ACTIVATIONS[layer.act](a)
         _, idx = F.max_pool2d(h, layer.pool, return_indices=True)
         mask = torch.zeros_like(h).flatten(2).scatter_(2, idx.flatten(2), 1.0).view_as(h)
@@ -432,7 +432,7 @@ class WeightPerturbation(_Perturbation):
 
     def setup(self) -> None:
         super().setup()
-        if self.stack.arch == "cnn" and self.opts.cnn_skip_projection:
+        if self.stack.arch == "cnn" and self.opts.cnn_skip_projection and not getattr(self.stack, "custom", False):
             # The rule's own CNN shape: every weight of a layer is one dimension of that
             # layer's estimate, and the 256-unit projection (147k weights on 28x28 inputs)
             # has four times as many as the largest conv layer. mnist5k, K=4 balanced, 4
@@ -474,7 +474,7 @@ class WeightPerturbation(_Perturbation):
             else:
                 target.copy_(hc.expand_as(target))
             xin = buf.view(bsz, hh, ww, -1).permute(0, 3, 1, 2)
-            out = F.conv2d(xin, w_noise.flatten(0, 1), padding=layer.padding, groups=copies)
+            out = F.conv2d(xin, w_noise.flatten(0, 1), stride=layer.stride, padding=layer.padding, groups=copies)
             hh, ww = out.shape[2:]
             # (B, H, W, copies, C_out) in memory, viewed as (copies, B, C_out, H, W)
             out = out.permute(0, 2, 3, 1).reshape(bsz, hh, ww, copies, -1).permute(3, 0, 4, 1, 2)
