@@ -17,7 +17,7 @@ Nothing is recomputed from checkpoints or data: every number printed is in the s
 
 from __future__ import annotations
 
-import html
+import html as _html
 import json
 import os
 from pathlib import Path
@@ -182,12 +182,12 @@ def build(store, out: str | Path, run_ids: list[str] | None = None, runs: str | 
         write("brain.md", md)
         write("brain.csv", T.csv_text(*T.generic(brain["rows"], brain["columns"])))
         vhtml = ("<p><b>Verdicts</b> (what the corrected tests say):</p><ul>"
-                 + "".join(f"<li>{html.escape(v)}</li>" for v in verdicts) + "</ul>") if verdicts else ""
+                 + "".join(f"<li>{_html.escape(v)}</li>" for v in verdicts) + "</ul>") if verdicts else ""
         sections.append(H.Section("brain", "Brain similarity", vhtml + '<div class="scroll">'
                                   + T.html_table(header, rows, cls="brain") + "</div>",
                                   brain_status + brain.get("notes", []) + ["Files: brain.md, brain.csv."]))
     else:
-        why = "".join(f"<p>{html.escape(m)}</p>" for m in brain_status)
+        why = "".join(f"<p>{_html.escape(m)}</p>" for m in brain_status)
         sections.append(H.Section("brain", "Brain similarity", why or
                                   "<p>No brain comparison in the store for these runs "
                                   "(needs the brain data: <code>bioplausible data fetch kriegeskorte92</code>).</p>"))
