@@ -134,10 +134,9 @@ def _rdm_panels(result) -> list[dict[str, Any]]:
 
 
 def _brain_step(store, run_ids: list[str], n_boot: int, untrained_seeds: int | None = None) -> None:
-    from .paths import data_home
+    from .brain.store import ensure_brain_data
 
-    if not (data_home() / "kriegeskorte92").exists():
-        console.print("brain data absent: run bioplausible data fetch kriegeskorte92 (brain comparison skipped)")
+    if not ensure_brain_data(store, lambda m: console.print(escape(m), highlight=False)):
         return
     from .brain.compare import compare_runs
     from .brain.recordings import load_recordings

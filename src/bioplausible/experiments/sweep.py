@@ -48,7 +48,7 @@ __all__ = [
     "expand", "dataset_available", "run_sequential", "run_pool", "run_ray", "get_data",
 ]
 
-PRESETS = ("quick", "paper", "extended")
+PRESETS = ("quick", "paper", "extended", "brain")
 
 TOP_KEYS = {"description", "grid", "defaults", "rules", "models", "datasets", "sweep"}
 GRID_KEYS = {"rules", "models", "datasets", "seeds"}

@@ -17,6 +17,7 @@ Nothing is recomputed from checkpoints or data: every number printed is in the s
 
 from __future__ import annotations
 
+import html as _html
 import json
 import os
 from pathlib import Path
@@ -170,16 +171,27 @@ def build(store, out: str | Path, run_ids: list[str] | None = None, runs: str | 
 
     # brain
     brain = d["brain"]
+    brain_status = (brain or {}).get("status") or []
     if brain and brain.get("rows"):
         header, rows = T.generic(brain["pivot_rows"], brain["pivot_columns"])
-        write("brain.md", T.markdown(header, rows))
+        verdicts = brain.get("verdicts") or []
+        md = T.markdown([T.md_text(h) for h in header], [[T.md_text(c) for c in r] for r in rows])
+        if verdicts:
+            md += "\nVerdicts (corrected tests):\n\n" + "".join(f"- {T.md_text(v)}\n" for v in verdicts)
+        md += "".join(f"\n{T.md_text(n)}\n" for n in brain_status + brain.get("notes", []))
+        write("brain.md", md)
         write("brain.csv", T.csv_text(*T.generic(brain["rows"], brain["columns"])))
-        sections.append(H.Section("brain", "Brain similarity", '<div class="scroll">' + T.html_table(header, rows, cls="brain") + "</div>",
-                                  brain.get("notes", []) + ["Files: brain.md, brain.csv."]))
+        vhtml = ("<p><b>Verdicts</b> (what the corrected tests say):</p><ul>"
+                 + "".join(f"<li>{_html.escape(v)}</li>" for v in verdicts) + "</ul>") if verdicts else ""
+        sections.append(H.Section("brain", "Brain similarity", vhtml + '<div class="scroll">'
+                                  + T.html_table(header, rows, cls="brain") + "</div>",
+                                  brain_status + brain.get("notes", []) + ["Files: brain.md, brain.csv."]))
     else:
-        sections.append(H.Section("brain", "Brain similarity",
+        why = "".join(f"<p>{_html.escape(m)}</p>" for m in brain_status)
+        sections.append(H.Section("brain", "Brain similarity", why or
                                   "<p>No brain comparison in the store for these runs "
                                   "(needs the brain data: <code>bioplausible data fetch kriegeskorte92</code>).</p>"))
+        brain = None
 
     # plots
     figs = []
