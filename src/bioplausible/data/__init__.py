@@ -20,7 +20,7 @@ import torch
 from ..paths import data_home
 from .base import DataError, DatasetMissing, RawData
 
-__all__ = ["DATASETS", "Dataset", "DataError", "DatasetMissing", "RawData", "load", "dataset_dir", "data_digest",
+__all__ = ["DATASETS", "Dataset", "DataError", "DatasetMissing", "RawData", "load", "dataset_dir", "data_digest", "folder_digest",
            "data_folder"]
 
 
@@ -190,11 +190,14 @@ def data_digest(name: str, root: Path | str | None = None, rehash: bool = False)
     """Content digest of the files a data set is read from (None for bundled sets): the same
     files in two folders give the same digest, other files another one. A folder with a
     MANIFEST.json (a fetched cache) is checked against it: a changed file is a DataError."""
+    folder = data_folder(name, root)
+    return None if folder is None else folder_digest(folder, name, rehash)
+
+
+def folder_digest(folder: Path, name: str, rehash: bool = False) -> str:
+    """`data_digest` of a folder (and its check against a MANIFEST.json there)."""
     from .fetch import read_manifest
 
-    folder = data_folder(name, root)
-    if folder is None:
-        return None
     files = _data_files(folder)
     if not files:
         raise DataError(f"{folder}: holds no data files (dataset {name!r})")
