@@ -15,7 +15,7 @@ import pytest
 PKG = Path(__file__).resolve().parent.parent / "src" / "bioplausible"
 
 RANKS = {
-    "root": 0, "paths": 0,  # bioplausible/__init__.py (the version) and where files live
+    "root": 0, "paths": 0, "errors": 0,  # bioplausible/__init__.py (the version), where files live, the error line
     "data": 1, "models": 1,
     "config": 2,
     "algorithms": 3,

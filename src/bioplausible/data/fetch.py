@@ -469,6 +469,24 @@ def verify_cache(name: str, dest_root: Path | str | None = None, rehash: bool = 
     return True
 
 
+def verified(folder: Path) -> bool | None:
+    """Whether every file of a fetched cache was hashed (by a run or `data verify`) since it
+    last changed and matched its manifest: True, False (a mismatch), or None (not verified
+    since it changed, or no manifest). Reads cached digests only; hashes nothing."""
+    from . import cached_sha256
+
+    m = read_manifest(folder)
+    if m is None:
+        return None
+    for fname, meta in m["files"].items():
+        got = cached_sha256(folder / fname)
+        if got is None:
+            return None
+        if got != meta.get("sha256"):
+            return False
+    return True
+
+
 def fetch(name: str, dest_root: Path | str | None = None, force: bool = False) -> Path:
     """Obtain data set `name` into `<dest_root or data_home()>/<name>/` and return that folder.
 
@@ -519,8 +537,9 @@ def status(dest_root: Path | str | None = None) -> list[dict[str, Any]]:
                        how=f"bundled with {pkg}", source=pkg)
         elif name in SOURCES:
             # Presence and sizes only: hashing every file would make a listing slow.
-            row.update(present=verify_cache(name, root, rehash=False),
-                       how=f"bioplausible data fetch {name}", source=SOURCES[name].how)
+            present = verify_cache(name, root, rehash=False)
+            row.update(present=present, how=f"bioplausible data fetch {name}", source=SOURCES[name].how,
+                       verified=verified(folder) if present else None)
         else:
             wanted = _BYO_FILES.get(info.reader if info else "", "the files")
             row.update(present=folder.is_dir() and any(folder.iterdir()),
