@@ -142,7 +142,7 @@ def test_colour_training_sets_keep_colour():
 
 def test_compare_without_brain_data_says_why_and_writes_the_rest(tmp_path, monkeypatch):
     from bioplausible.data import fetch as fetch_mod
-    from bioplausible.experiments import cli as ecli
+    from bioplausible import pipeline as ecli
     from bioplausible.experiments.store import Store
     from bioplausible.report import build
 
