@@ -47,7 +47,7 @@ One step is one time unit; ``time_steps`` per presentation (Diehl & Cook: 350 ms
 Architecture: on the MLP this rule builds its own stack, [fc1: inputs -> excitatory layer,
 readout], because a Diehl & Cook network has one plastic layer. The number of excitatory
 neurons is ``n_neurons`` when given, else ``cfg.widths[0]`` when widths are given, else 1600
-(Diehl & Cook's size, 91.9% on MNIST in their paper).
+(Diehl & Cook's size).
 
 Batching: a batch is B independent networks sharing weights, thresholds and assignment.
 Learning is batched too: the STDP terms are summed over time and over the B networks of a
