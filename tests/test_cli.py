@@ -46,3 +46,14 @@ def test_bad_input_gives_one_clear_line(tmp_path):
     assert r.exit_code == 2 and "no results store" in r.output
     r = runner.invoke(app, ["run", "--rule", "fa", "--device", "tpu", "--store", str(tmp_path / "s.sqlite")])
     assert r.exit_code == 2 and "--device" in r.output
+
+
+def test_list_options_prints_each_architectures_options():
+    r = CliRunner().invoke(app, ["list", "--options", "rstdp"], env={"COLUMNS": "200"})
+    assert r.exit_code == 0, r.output
+    # the dense and the conv rule have options models of their own, each with its defaults
+    assert "options of rstdp on mlp (RSTDP)" in r.output and "options of rstdp on cnn (ConvRSTDP)" in r.output
+    assert "n_neurons" in r.output and "adaptive_rates" in r.output and "'deadline'" in r.output
+    assert "decision neurons per class" in r.output  # the field's description
+    r = CliRunner().invoke(app, ["list", "--options", "nope"])
+    assert r.exit_code != 0 and "unknown rule 'nope'" in r.output and "Traceback" not in r.output

@@ -19,9 +19,9 @@ def _cfg(**kw):
 
 
 def test_fingerprint_follows_the_rule_and_what_training_runs():
-    conv = fingerprint.modules("bioplausible.algorithms.stdp")
-    # the conv implementation is imported inside a function; the loop, layers and loaders count
-    for m in ("bioplausible.algorithms.stdp_conv", "bioplausible.models.spiking", "bioplausible.models.layers",
+    conv = fingerprint.modules("bioplausible.algorithms.stdp_conv")
+    # the conv implementation builds on the dense one; the loop, layers and loaders count
+    for m in ("bioplausible.algorithms.stdp", "bioplausible.models.spiking", "bioplausible.models.layers",
               "bioplausible.experiments.runner", "bioplausible.data.idx", "bioplausible.algorithms.base"):
         assert m in conv
     bp = fingerprint.modules("bioplausible.algorithms.bp")
@@ -29,7 +29,7 @@ def test_fingerprint_follows_the_rule_and_what_training_runs():
     for m in ("bioplausible.algorithms.stdp", "bioplausible.algorithms", "bioplausible.experiments.store",
               "bioplausible.criteria.claims", "bioplausible.data.fetch"):
         assert m not in bp
-    assert code_fingerprint("stdp") == code_fingerprint("rstdp")  # one module
+    assert code_fingerprint("stdp") == code_fingerprint("rstdp")  # the same two modules (mlp and cnn entries)
     assert code_fingerprint("stdp") != code_fingerprint("bp")
     with pytest.raises(ValueError, match="nonsense"):
         code_fingerprint("nonsense")

@@ -75,3 +75,10 @@ def test_learner_contract(rule, arch):
     _step(other, 3)
     for (k, a), b in zip(L.state_dict().items(), other.state_dict().values()):
         assert torch.equal(a, b), f"{k} differs after one more step from the restored checkpoint"
+
+
+@pytest.mark.parametrize("rule, arch", ENTRIES)
+def test_every_option_is_described(rule, arch):
+    """`bioplausible list --options` prints each option's description: none may be missing."""
+    fields = get(rule, arch).Options.model_fields
+    assert not [n for n, f in fields.items() if not (f.description or "").strip()]

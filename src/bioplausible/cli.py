@@ -178,10 +178,44 @@ def run(
         raise typer.Exit(2 if row["status"] == "failed" else 0)
 
 
+def _type_name(annotation) -> str:
+    return getattr(annotation, "__name__", None) if isinstance(annotation, type) else \
+        str(annotation).replace("typing.", "")
+
+
+def list_options(rule: str) -> None:
+    """A rule's options, per architecture it is registered for: name, type, default, description."""
+    from .algorithms import architectures, get
+
+    try:
+        archs = architectures(rule)
+    except ValueError as e:
+        fail(str(e))
+    by_class: dict[type, list[str]] = {}
+    for arch in archs:
+        by_class.setdefault(get(rule, arch), []).append(arch)
+    for cls, on in by_class.items():
+        t = Table(title=f"options of {rule} on {', '.join(on)} ({cls.__name__})")
+        for c in ("option", "type", "default", "description"):
+            t.add_column(c, overflow="fold")
+        for name, f in cls.Options.model_fields.items():
+            t.add_row(name, _type_name(f.annotation), repr(f.default), f.description or "")
+        if not cls.Options.model_fields:
+            t.add_row("(none)", "", "", "")
+        console.print(t)
+
+
 @app.command("list")
-def list_() -> None:
+def list_(
+    options: Optional[str] = typer.Option(None, "--options", metavar="RULE",
+                                          help="print this rule's options (types, defaults, descriptions)"),
+) -> None:
     """Show the rules, models and datasets that exist."""
-    from .algorithms import all_rules
+    from .algorithms import all_rules, architectures
+
+    if options is not None:
+        list_options(options)
+        return
     from .data import DATASETS
     from .models import ARCHITECTURES
 
@@ -189,7 +223,7 @@ def list_() -> None:
     for c in ("rule", "models", "description"):
         t.add_column(c)
     for name, cls in all_rules().items():
-        t.add_row(name, ", ".join(cls.architectures), cls.description)
+        t.add_row(name, ", ".join(architectures(name)), cls.description)
     console.print(t)
     t = Table(title="models")
     t.add_column("model")

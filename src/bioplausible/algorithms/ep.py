@@ -62,9 +62,8 @@ Practical notes (measured on CPU, small data; see the report of issue 4):
   phase (the readout is outside the energy), so the free phase is a feedforward pass and only
   the nudged phase is recurrent; use two hidden layers for a genuinely recurrent network.
 * `loss="mse"` with hard-sigmoid outputs can lose output units: an output driven below 0
-  cannot be nudged back (clamp), so it stops learning. With Adam at lr 1e-3 most outputs die
-  (66% on mnist5k, 784-500-10, 6 epochs); at lr 2e-4 it learns (94.2% after 4 epochs, as
-  the "ce" readout at lr 1e-3). With mse and one hidden layer the network is genuinely
+  cannot be nudged back (clamp), so it stops learning. With Adam at lr 1e-3 most outputs die; at a
+  lower rate it learns (docs/notes/ep.md). With mse and one hidden layer the network is genuinely
   recurrent (output <-> hidden), which is Scellier & Bengio's original setting.
 * An energy network needs balanced fan-in / fan-out between neighbouring layers: the loop
   gain of s_l <-> s_{l+1} grows like fan_out / fan_in of W_{l+1}; with much wider layers above
@@ -74,9 +73,8 @@ Practical notes (measured on CPU, small data; see the report of issue 4):
   not settle within T1 = 30 (nor 400 steps at tol 1e-6: single units keep flipping); yet on
   digits T1 = 30, T2 = 10, beta = 0.5 learned at least as well as longer relaxations (T2 = 20)
   or over-relaxation (omega = 1.6), which we measured and did not adopt as defaults. The
-  feedforward initial state with beta = 0.25 did better than zeros with beta = 0.5 (mnist5k
-  CNN, 2 epochs: 93.7% vs 89.2%; MLP 512-256, 3 epochs: 93.8% vs 92.1%; single seeds), hence
-  the defaults.
+  feedforward initial state with beta = 0.25 did better than zeros with beta = 0.5 (on the
+  CNN and the MLP: docs/notes/ep.md), hence the defaults.
 * "alternate" converges where "sync" oscillates (sync with omega > 1 diverges).
 """
 

@@ -23,28 +23,9 @@ Two objectives (`objective`; "auto" = contrast for the MLP, channelwise for the 
   input are needed, and one forward pass of the batch suffices. Prediction: argmax of G summed
   over the hidden layers from `goodness_from` on (one pass, no pass per label).
 
-Why the CNN defaults to channelwise -- measured on mnist5k (3,600 training images), CNN
-32-64-64 + 256, Adam 1e-3, batch 64, seed 0, test accuracy of the goodness prediction:
-- contrast, random-pattern labels (the former default), 3 epochs: 0.81 (per layer: conv1
-  0.22, conv2 0.70, conv3 0.79, proj 0.56). Variants tried (those without an option here
-  were not kept), 3 epochs: label_scale 2 0.78;
-  smooth class-specific gratings as labels (Scodellaro et al.'s "Fourier" labels, period 4 px)
-  0.65; per-position goodness loss 0.83; per-position normalisation 0.80; a learned
-  label-to-channel bias in every layer 0.80; lr 3e-3 worse. Best contrast setting
-  (per-position goodness, hard negatives from an all-layer readout), 5 epochs: 0.87. A 3x3
-  conv with shared weights can hardly tell whether a local patch agrees with the label, so
-  only the deeper layers' goodness carries the answer and learning is slow.
-- channelwise, cw_scale 10, by epoch: 0.71 0.90 0.89 0.95 0.94 0.95 0.97 0.97 (seed 1: 0.96
-  at 8; cosine schedule: 0.965 at 8; cw_scale 1: 0.90 at 5 epochs, 3: 0.93, 30: 0.94 at 8;
-  lr 3e-3: 0.87 at 5; per-position loss, per-position normalisation, or leaving conv1
-  untrained: no gain). Full MNIST, 5 epochs, cosine schedule: 0.972 0.983 0.985 0.988 0.990.
-  It costs one forward pass and per-layer weight gradients per batch: 0.97x backprop's time
-  per step on CPU (contrast: 3.4x, it runs a neutral pass and twice the batch).
-- Hinton's other prediction, a linear softmax on the normalised activities of the hidden
-  layers for a neutral label (`predict="readout", readout_from="all"`), reached 0.96 with
-  contrast training -- but the same readout trained on the *untrained* network's features
-  reached 0.96 too (4 epochs): on a CNN it measures the random conv features, not what FF
-  learnt, so it is an option, not the default.
+Why the CNN defaults to channelwise: on a CNN, contrast learns slowly (a 3x3 conv with shared
+weights can hardly tell whether a local patch agrees with the label) and channelwise learns
+faster and costs one forward pass; the measurements are in docs/notes/ff.md.
 
 Other choices and why:
 - Label embedding (contrast; `label_embed`): "onehot" writes the one-hot label into the first
@@ -53,14 +34,12 @@ Other choices and why:
   field of a CNN sees the label. "auto" = onehot for the MLP, pattern for the CNN.
 - Loss (contrast; `loss`): "threshold" is Hinton's softplus(theta - g_pos) + softplus(g_neg -
   theta); "symba" (default) is SymBa's (Lee & Song 2023) softplus(-alpha (g_pos - g_neg)) on
-  each image's positive/negative pair, alpha = 8. Measured (seed 0, Adam 1e-3): digits MLP
-  256-128, 10 epochs: symba 0.86 vs threshold 0.43 (theta 2) / 0.92 (theta 0.5).
+  each image's positive/negative pair, alpha = 8.
 - Goodness per position (`goodness_per="position"`, conv layers): the loss is applied to each
   spatial position's goodness (mean square over channels) instead of the whole map's.
 - Negatives (contrast; `negatives`): "random" draws a wrong label uniformly; "hard" (default)
   draws it from the readout's softmax over the wrong labels (Hinton draws it from the
   network's own predictions; the neutral-label readout costs no pass over all labels).
-  mnist5k MLP 1024-512-256, 5 epochs: hard 0.913 vs random 0.782.
 - Readout (`readout`): a linear softmax, trained by cross-entropy on detached features (so no
   gradient reaches the FF layers): the stack's last layer on the last hidden layer's
   normalised activity (`readout_from="last"`), or a separate linear layer on those of all the
@@ -73,8 +52,7 @@ Other choices and why:
   parameters, summing the per-layer losses and doing one backward pass and one Adam step is
   exactly per-layer Adam, at the cost of one step.
 - Cost per batch: contrast: a no-grad neutral-label pass (readout, training accuracy, hard
-  negatives) and one pass over positives and negatives batched together (CPU, mnist5k, MLP
-  1024-512-256: 1.8x BP's time per step); channelwise: one pass.
+  negatives) and one pass over positives and negatives batched together; channelwise: one pass.
 """
 
 from __future__ import annotations
@@ -119,28 +97,35 @@ class ForwardForward(Learner):
     class Options(BaseModel):
         model_config = ConfigDict(extra="forbid")
 
-        objective: Literal["auto", "contrast", "channelwise"] = "auto"  # auto: contrast MLP, channelwise CNN
+        objective: Literal["auto", "contrast", "channelwise"] = Field(
+            "auto", description="auto: contrast on the MLP, channelwise on the CNN")
         # contrast objective
-        loss: Literal["threshold", "symba"] = "symba"
-        theta: float = 2.0  # goodness threshold (goodness = mean squared activity)
-        alpha: float = Field(8.0, gt=0)  # SymBa sharpness (8 beat 4 on digits and mnist5k CNNs)
-        label_embed: Literal["auto", "onehot", "pattern"] = "auto"
-        label_scale: float = Field(1.0, gt=0)
-        negatives: Literal["random", "hard"] = "hard"
-        # channelwise objective: inverse temperature of the softmax over the class goodnesses
-        # (mnist5k CNN: 10 beat 1, 3 and 30)
-        cw_scale: float = Field(10.0, gt=0)
+        loss: Literal["threshold", "symba"] = Field(
+            "symba", description="contrast: Hinton's threshold loss, or SymBa's on the goodness difference")
+        theta: float = Field(2.0, description="contrast: goodness threshold (goodness = mean squared activity)")
+        alpha: float = Field(8.0, gt=0, description="SymBa sharpness (docs/notes/ff.md)")
+        label_embed: Literal["auto", "onehot", "pattern"] = Field(
+            "auto", description="label in the input: one-hot in the first pixels, or a fixed label image; auto: "
+            "onehot on the MLP, pattern on the CNN")
+        label_scale: float = Field(1.0, gt=0, description="amplitude of the embedded label")
+        negatives: Literal["random", "hard"] = Field(
+            "hard", description="negative label: a uniformly random wrong one, or one drawn from the readout's softmax over the wrong labels")
+        # channelwise objective
+        cw_scale: float = Field(
+            10.0, gt=0, description="channelwise: inverse temperature of the softmax over the class goodnesses")
         # both
-        goodness_per: Literal["layer", "position"] = "layer"  # conv layers: loss per map or per position
-        predict: Literal["goodness", "readout"] = "goodness"
-        goodness_from: int = Field(1, ge=0)  # first hidden layer (0-based) counted in prediction
-        # train a linear readout on detached features; off saves the contrast objective's
-        # neutral pass (needs predict=goodness, and negatives=random under contrast; the
-        # training accuracy is then the goodness one)
-        readout: bool = True
-        readout_from: Literal["last", "all"] = "last"  # last hidden layer, or all from goodness_from
-        peer_norm: float = Field(0.0, ge=0)  # weight of Hinton's peer-normalisation penalty
-        peer_momentum: float = Field(0.9, ge=0, lt=1)
+        goodness_per: Literal["layer", "position"] = Field(
+            "layer", description="conv layers: loss per map or per position")
+        predict: Literal["goodness", "readout"] = Field(
+            "goodness", description="prediction by the accumulated goodness of each label, or by the readout")
+        goodness_from: int = Field(1, ge=0, description="first hidden layer (0-based) counted in prediction")
+        # off saves the contrast objective's neutral pass (the training accuracy is then the goodness one)
+        readout: bool = Field(True, description="train a linear readout on detached features (off needs "
+                              "predict=goodness, and negatives=random under contrast)")
+        readout_from: Literal["last", "all"] = Field(
+            "last", description="readout input: the last hidden layer, or all from goodness_from")
+        peer_norm: float = Field(0.0, ge=0, description="weight of Hinton's peer-normalisation penalty")
+        peer_momentum: float = Field(0.9, ge=0, lt=1, description="running mean of the peer-normalisation activity")
 
     def setup(self) -> None:
         o = self.opts

@@ -37,7 +37,7 @@ What the next layer (and the readout) sees: the layer's *representation*
 Hopfield use relu^n with n = 4.5 for their readout; Journé et al. use 0.7 on the first layer).
 Each deeper layer sees the representation below centred per sample and channel and divided
 by its RMS (``layer_input_norm="center"``, a per-sample stand-in for Journé et al.'s batch
-norm; on mnist5k it lifted a readout on learnt conv features from 94.6% to 96.7%).
+norm).
 The representation fed to the readout is divided by its L2 norm per sample (times sqrt(dim))
 when ``readout_norm`` is true, so the readout's learning rate does not depend on the hidden
 layers' scale.
@@ -62,8 +62,8 @@ rule then replaces it by one wide hidden layer of 2000 units (Krotov & Hopfield'
 Moraitis et al.'s size), the setting in which competitive Hebbian learning is known to work
 on MNIST; ``wide_default=False`` keeps the 1024-512-256 stack. Likewise on the CNN, when
 ``cfg.channels`` is None, the rule uses one wide conv layer of 96 maps (``wide_channels``; the
-first layer of Journé et al.'s network, which showed that these layers need width): on mnist5k
-(3 epochs) a readout on it reached 94.0% test against 80.7% for the 32-64-64 stack, and
+first layer of Journé et al.'s network, which showed that these layers need width) (a readout on it did far
+better than on the 32-64-64 stack: docs/notes/hebbian.md), and
 ``--channels`` (or ``wide_default=False``) gives any other stack. The conv blocks are
 Hebbian and, by default (``cnn_skip_projection=True``), the readout reads the last conv
 block's flattened output directly: the stack's dense projection is dropped, because a
@@ -90,27 +90,31 @@ from .base import Learner
 class HebbianOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    hidden_rule: Literal["softhebb", "krotov", "oja", "hebb"] = "softhebb"
-    # None: 0.3 on the MLP, 0.05 on the CNN (measured on mnist5k: conv layers with the larger
-    # rate ended ~1 point lower, the dense layer ~0.5 point higher than with the smaller one)
-    hidden_lr: float | None = Field(None, gt=0)
-    adaptive_lr: bool = True  # eta_k = hidden_lr * sqrt(| ||w_k|| - 1 |) (Journé et al.)
-    init_radius: float = Field(25.0, gt=0)
-    temperature: float = Field(1.0, gt=0)  # softmax(u / temperature) of SoftHebb
-    anti_hebbian: bool = True  # SoftHebb losers get -y_k
-    krotov_k: int = Field(2, ge=2)
-    krotov_delta: float = Field(0.4, ge=0)
-    hidden_act: Literal["triangle", "relu", "layer"] = "triangle"
-    act_power: float = Field(1.0, gt=0)
-    readout_norm: bool = True
-    layer_input_norm: Literal["none", "rms", "center"] = "center"
-    readout_dropout: float = Field(0.0, ge=0, lt=1)
-    hebb_steps: int = Field(0, ge=0)  # hidden learning stops after this many steps; 0 = never
-    wide_default: bool = True
-    wide_width: int = Field(2000, ge=1)
-    # the CNN's conv channels when cfg.channels is None and wide_default is on
-    wide_channels: tuple[int, ...] = (96,)
-    cnn_skip_projection: bool = True
+    hidden_rule: Literal["softhebb", "krotov", "oja", "hebb"] = Field(
+        "softhebb", description="the hidden layers' unsupervised rule")
+    # None: 0.3 on the MLP, 0.05 on the CNN (on mnist5k the larger rate was the better one on the
+    # dense layer, the smaller one on conv layers: docs/notes/hebbian.md)
+    hidden_lr: float | None = Field(None, gt=0, description="hidden layers' rate; None = 0.3 on the MLP, 0.05 on the CNN")
+    adaptive_lr: bool = Field(True, description="norm-driven rate eta_k = hidden_lr sqrt(| ||w_k|| - 1 |) (Journé)")
+    init_radius: float = Field(25.0, gt=0, description="norm of the initial hidden weight vectors")
+    temperature: float = Field(1.0, gt=0, description="SoftHebb: softmax(u / temperature) over the units")
+    anti_hebbian: bool = Field(True, description="SoftHebb: the losers get -y_k (soft anti-Hebbian)")
+    krotov_k: int = Field(2, ge=2, description="Krotov & Hopfield: rank of the unit that is pushed away")
+    krotov_delta: float = Field(0.4, ge=0, description="Krotov & Hopfield: strength of that push")
+    hidden_act: Literal["triangle", "relu", "layer"] = Field(
+        "triangle", description="representation passed on: relu(u - mean over units), relu, or the layer's own post")
+    act_power: float = Field(1.0, gt=0, description="the representation raised to this power")
+    readout_norm: bool = Field(True, description="readout input divided by its L2 norm per sample (x sqrt(dim))")
+    layer_input_norm: Literal["none", "rms", "center"] = Field(
+        "center", description="deeper layers' input: as is, divided by its RMS, or centred and divided by its RMS")
+    readout_dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the readout's input while training")
+    hebb_steps: int = Field(0, ge=0, description="hidden learning stops after this many steps; 0 = never")
+    wide_default: bool = Field(True, description="without cfg.widths / cfg.channels: one wide hidden layer")
+    wide_width: int = Field(2000, ge=1, description="units of that wide layer on the MLP")
+    wide_channels: tuple[int, ...] = Field(
+        (96,), description="the CNN's conv channels when cfg.channels is None and wide_default is on")
+    cnn_skip_projection: bool = Field(
+        True, description="CNN: the readout reads the last conv block, the dense projection is dropped")
 
 
 class Hebbian(Learner):

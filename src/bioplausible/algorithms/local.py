@@ -18,12 +18,9 @@ its auxiliary head. The losses, chosen by the option `loss`:
   classifiers).
 
 Why `target` is the default: without the paper's batch norm and dropout it was the best
-of the four in every run we made (mnist5k, MLP 1024-512-256, 5 epochs, Adam 1e-3: target
-0.967, predsim(beta=0.5) 0.954, predsim(0.99, 8 epochs) 0.936, sim 0.922, BP 0.940; digits
-CNN: target 0.99, pred 0.96). The sim loss alone on conv blocks collapses here: cosine
+of the four in every run we made (docs/notes/local.md). The sim loss alone on conv blocks collapses here: cosine
 similarity ignores scale, and without batch norm the deeper conv blocks shrink and go
-silent (1-2% of units active), so the blocks above starve (chance on the CNN with sim or
-predsim(0.99)); on the MLP sim works (digits 0.97).
+silent, so the blocks above starve; on the MLP sim works (docs/notes/local.md).
 
 Choices and why:
 - Conv outputs are average-pooled to at most `head_features` values before the head (the
@@ -90,9 +87,12 @@ class LocalLosses(Learner):
     class Options(BaseModel):
         model_config = ConfigDict(extra="forbid")
 
-        loss: Literal["pred", "sim", "predsim", "target"] = "target"
-        beta: float = Field(0.99, ge=0.0, le=1.0)  # weight of the sim term in predsim (paper: 0.99)
-        head_features: int = Field(2048, ge=1)  # conv outputs are pooled to at most this many
+        loss: Literal["pred", "sim", "predsim", "target"] = Field(
+            "target", description="each block's local loss (Nøkland & Eidnes 'pred', 'sim', 'predsim'; layer-wise "
+            "targets)")
+        beta: float = Field(0.99, ge=0.0, le=1.0, description="weight of the sim term in predsim (paper: 0.99)")
+        head_features: int = Field(2048, ge=1, description="conv outputs are pooled to at most this many features "
+                                   "for the local heads")
 
     def setup(self) -> None:
         shapes = self.stack.output_shapes()

@@ -44,9 +44,8 @@ Choices and why:
 - The relaxation treats each sample's energy separately (the rate does not depend on the
   batch size); the weight update uses the batch-mean energy, like BP's mean loss.
 - T: with the feed-forward initialisation the error reaches layer L-k after k steps, so a
-  shallow stack needs few. On the CNN (five weight layers) T=8 matched T=20 on mnist5k
-  (0.970 vs 0.966 test after 4 epochs) at a third of the cost, and reached 99.24% on full
-  MNIST after 15 epochs (T=20: 98.54% after 5); the default stays 20, the safer choice for
+  shallow stack needs few. On the CNN (five weight layers) T=8 matched T=20 at a third of
+  the cost (docs/notes/pc.md); the default stays 20, the safer choice for
   deeper stacks (`bench/accuracy.py` sets T=8 for the CNN).
 - Prediction is the feed-forward pass: with the output unclamped the forward pass is the
   energy minimum (all errors zero), so no relaxation is needed at test time.
@@ -173,8 +172,8 @@ class PredictiveCoding(Learner):
         # Gradient descent on F is stable only while rate < 2 / curvature, and the curvature
         # of F in v_l is up to 1 + ||W_{l+1}||^2 (its own error plus the error above, with
         # f' <= 1). Weights grow during training (the paper MLP's reached norm 5, curvature 26),
-        # and past that point the relaxation diverged and the run collapsed (MNIST test 97.8%
-        # after two epochs, 54.6% after three); the cap keeps every layer's step stable.
+        # and past that point the relaxation diverged and the run collapsed (docs/notes/pc.md);
+        # the cap keeps every layer's step stable.
         rates = [rate] * n_layers
         if self.opts.stable_rate:
             rates = [None] + [torch.clamp(1.0 / (1.0 + self._norm_sq(l)), max=rate) for l in range(1, n_layers)]

@@ -47,9 +47,8 @@ Choices, and why
   runs the whole network, the readout's runs nothing but the loss, yet both get K draws by
   default. With `balance` layer l gets K C_0 / C_l draws (at most 16 K), C_l being the
   multiply-adds of its pass per draw, so the cheap top layers get low-variance estimates for
-  about the cost of the first layer's pass each. NP on the CNN (mnist5k, K=4, lr 1e-3):
-  96.8% test after 14 epochs and 97.1% after 20, against 92.2% after 20 unbalanced, at 1.8x
-  the time per epoch.
+  about the cost of the first layer's pass each. What balancing gained is in
+  docs/notes/perturbation.md.
 - **Gating** (NP, `gate`, default on): no noise (site output) or no estimate (site drive)
   where the unit's own local derivative is 0 (rectifier off, lost the max-pool). There the
   true gradient is 0 and the estimate would be pure noise; the unit's own activity is local
@@ -71,62 +70,9 @@ Choices, and why
   NP at the unit outputs, WP with Flipout, not balanced. The learning rate is the run's
   (`cfg.lr`).
 
-Measured (CPU, Adam, batch 64, test accuracy; BP with the same net for reference)
-- digits MLP 256-128, 20 epochs, lr 1e-3: NP K=1 0.93-0.94, K=4 0.964 (BP 10 epochs 0.966).
-- mnist5k MLP 1024-512-256, 30 epochs: NP K=4 lr 1e-3 0.926, K=16 lr 1e-3 0.938,
-  K=16 lr 3e-4 0.949; BP 0.966.
-- digits CNN 8-16-16 channels, 8 epochs: NP K=4 lr 3e-3 0.832 (BP 0.906); 16-32-32, 10
-  epochs, lr 1e-3: NP K=1 0.56, K=4 0.77 (BP 0.968). Gating took K=1 from 0.37 to 0.56.
-- mnist5k CNN (32-64-64, batch 128, cosine): NP K=16 5 epochs lr 3e-4 0.796, lr 1e-3 0.896;
-  K=4 20 epochs lr 3e-4 0.870, lr 1e-3 0.922; balanced K=4 lr 1e-3 0.938 after 5, 0.971
-  after 20. With the conv layers frozen (random features) K=4: 0.838 after 12 epochs, so
-  the conv layers' noisy updates help.
-- WP, digits: MLP 64, K=8, lr 1e-2, 15 epochs 0.92-0.94; MLP 128-64 K=8 lr 1e-2 20 epochs
-  0.906. WP's estimate has one dimension per synapse, so it scales badly with width.
-  mnist5k, paper MLP, K=16, lr 1e-3, 5 epochs: 0.563 shared noise, 0.665 Flipout (1.5x the
-  time per epoch); Flipout and balanced: 0.695 after 2 epochs (3x the time per epoch).
-- WP, mnist5k CNN without the projection, Flipout, K=4 balanced, batch 128, cosine, 10
-  epochs (Adam lr 3e-3: 0.918): half the maps (16-32-32, 2.5x faster per epoch) 0.897;
-  SGD with momentum 0.9 instead of Adam: lr 1e-3 0.776, lr 3e-3 0.757 after 3 then
-  diverged (epoch 6), lr 1e-2 and 5e-2 diverged in epochs 2 and 1.
-- WP's CNN on full MNIST (bar 97%). At Adam lr 3e-3, the rate chosen on mnist5k (28 steps per
-  epoch), it stopped near 94%: 94.06% after 6 epochs, 94.24% after 10, and K=16 draws
-  (balanced, so the top layers get up to 256) 94.39% after 2 at ~20 min per epoch on two
-  threads. Full MNIST has 15x the steps per epoch, and there a lower rate wins: lr 1e-3 94.82%
-  after 6 epochs (5e-4: 93.26%), **96.15% after 12** (~4.6 min per epoch on one thread; test
-  95.56, 96.10 after epochs 8 and 10); K=8 at lr 1e-3, 6 epochs: 92.37, 93.51, 95.31, 95.59,
-  95.98, 96.08% (~11 min per epoch): the same figure for the same total number of
-  measurements. A longer schedule at a higher rate does not help: lr 1.5e-3, 20 epochs (`--lr
-  1.5e-3 --epochs 20`, ~3.3 min per epoch on two threads) 93.64% after 4, 94.92 after 10,
-  95.68 after 15, 96.01% after 20 (best 96.09 after 18). Twice the schedule at lr 1e-3
-  (`--epochs 24`, ~2.1 min per epoch on two threads on a quiet machine): 94.39 after 6, 95.89
-  after 12, 96.51 after 20, **96.65% after 24** (run f5a64bb852c4782d; training accuracy
-  96.78%, so the net underfits: the estimate's noise, not capacity, limits it); the gain per
-  doubling of the measurements fell from 1.3 to 0.5 points. A lower rate over the same 24
-  epochs (`--lr 7e-4 --epochs 24`): 95.52 after 8, 96.24 after 12, 96.67 after 20, **96.73%
-  after 24** (run 2a1fcde83984839f, training accuracy 96.80%): 0.35-0.65 points ahead of lr
-  1e-3 in epochs 8-16, only 0.08 at the end. Twice that schedule at lr 7e-4 (`--lr 7e-4
-  --epochs 48`, the bench default, ~2 min per epoch on two threads): 96.12 after 12, 96.34
-  after 20, 96.96 after 30, 97.06 after 33, **97.25% after 48** (run bdab6ade4a39622e, best
-  97.32 after 42; training accuracy 97.23%), the bar met. What limits it:
-  the variance of a layer's estimate grows with its number of weights N_l over the number of
-  directions measured, B k_l (Flipout: one per sample and draw). With the balanced draws (K=4)
-  that is 320/4, 18,496/4, 36,928/12 and 5,770/64 weights per draw for conv1, conv2, conv3 and
-  the readout. Measured on a BP-pretrained net (96.75% on mnist5k's validation set), K=4,
-  batch 128, 6 batches (`python bench/wp_variance.py --threads 1`): the squared error of the
-  estimate relative to the gradient's squared norm is ~63, 2,300, 5,100 and 840 for the four
-  layers (cosines 0.14, 0.02, 0.015, 0.03). Fully independent per-sample weight noise gave 88,
-  2,100, 3,900 and 920, extra per-tap sign flips on the kernels 44, 2,400 and 5,700: no
-  consistent gain over Flipout, within the spread between draws of batches (an earlier draw
-  gave conv2 3,700 with Flipout). The readout's figure is 5,770 / (4 x 128) x ~75: the
-  per-sample gradients' squared norm is ~75x that of their batch mean, so B pseudo-
-  independent directions per draw gain ~B/75 over one shared direction, not B. Scaling the two
-  inner conv layers' learning rate down (x0.3, x0.1-0.15) or up (x3) against the others
-  (mnist5k, 10 epochs) gave 0.881, 0.844 and 0.890 against 0.919. Allocating draws by sqrt(N_l
-  / C_l), C_l the cost per draw, would cut the inner layers' variance by only 1.3-1.6x
-  (computed, not run). On mnist5k (K=4 balanced, lr 3e-3, cosine) the batch size does not help
-  either: 10 epochs at batch 128 0.918, at 32 0.901, at 512 0.774 (lr 1e-2: 0.868); 30 epochs
-  at 128 0.937.
+What was measured with these rules (and why WP's CNN needs long schedules: the variance of a
+layer's estimate grows with its number of weights over the number of directions measured)
+is in docs/notes/perturbation.md, with the commands.
 """
 
 from __future__ import annotations

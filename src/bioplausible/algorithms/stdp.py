@@ -47,7 +47,7 @@ One step is one time unit; ``time_steps`` per presentation (Diehl & Cook: 350 ms
 Architecture: on the MLP this rule builds its own stack, [fc1: inputs -> excitatory layer,
 readout], because a Diehl & Cook network has one plastic layer. The number of excitatory
 neurons is ``n_neurons`` when given, else ``cfg.widths[0]`` when widths are given, else 1600
-(Diehl & Cook's size, 91.9% on MNIST in their paper).
+(Diehl & Cook's size).
 
 Batching: a batch is B independent networks sharing weights, thresholds and assignment.
 Learning is batched too: the STDP terms are summed over time and over the B networks of a
@@ -80,8 +80,9 @@ from ..models.spiking import LIFState, decay, encode, spike_probabilities, to_un
 from .base import Learner
 
 
-class STDPOptions(BaseModel):
-    """Options of ``stdp`` on the MLP (Diehl & Cook's network)."""
+class SpikingLayerOptions(BaseModel):
+    """Options of the dense STDP layer (Diehl & Cook's network), shared by ``stdp`` and ``rstdp``
+    on the MLP."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -109,14 +110,19 @@ class STDPOptions(BaseModel):
     inhibition: float = Field(5.0, ge=0, description="lateral inhibition per spike (soft winner-take-all)")
     one_winner: bool = Field(False, description="at most one spike per step (hard winner-take-all)")
     assign_decay: float = Field(0.99, gt=0, le=1, description="per-batch decay of the class-response tally")
-    readout: Literal["assign", "linear"] = Field(
-        "assign", description="assign: Diehl & Cook's vote of the neurons assigned to each class; linear: a "
-        "readout of the spike rates trained by the local delta rule (stdp only)")
     min_spikes: int = Field(5, ge=0, description="evaluation: samples with fewer spikes are re-presented")
     retries: int = Field(2, ge=0, description="evaluation: re-presentations at doubled rate, at most")
 
 
-class RSTDPOptions(STDPOptions):
+class STDPOptions(SpikingLayerOptions):
+    """Options of ``stdp`` on the MLP: the STDP layer's, and the readout's."""
+
+    readout: Literal["assign", "linear"] = Field(
+        "assign", description="assign: Diehl & Cook's vote of the neurons assigned to each class; linear: a "
+        "readout of the spike rates trained by the local delta rule")
+
+
+class RSTDPOptions(SpikingLayerOptions):
     """Options of ``rstdp`` on the MLP: the STDP layer's, and the decision layer's."""
 
     decision_per_class: int = Field(10, ge=1, description="decision neurons per class")
@@ -189,8 +195,8 @@ class STDP(Learner):
 
     @property
     def linear_readout(self) -> bool:
-        # only the unsupervised rule reads out linearly; R-STDP's decision layer is its readout
-        return self.opts.readout == "linear" and type(self).name == "stdp"
+        # only the unsupervised rule has this option; R-STDP's decision layer is its readout
+        return getattr(self.opts, "readout", "assign") == "linear"
 
     def trainable_parameters(self):
         # STDP updates are not gradients: only a linear readout goes through the shared optimiser

@@ -264,7 +264,7 @@ class ConvSTDP(STDP):
         p = (self.retina(x) * o.max_rate).clamp(0, 1)
         # channels-last: every state below inherits it from the conv outputs, which makes the
         # per-position competition across maps (argmax over dim 1) a contiguous reduction
-        # (measured 30% of a step's time in the default layout on CPU)
+        # (in the default layout it was a large share of a step's time on CPU)
         p = p.contiguous(memory_format=torch.channels_last)
         gen = None
         if o.encoding == "poisson":
