@@ -220,9 +220,10 @@ class DifferenceTargetProp(Learner):
 
     @torch.no_grad()
     def _forward_states(self, x: torch.Tensor):
-        inputs, drives = self.stack.forward_cache(x)
-        out = self.stack.layers[-1].post(drives[-1])
-        return inputs + [out], drives
+        """(hs, backs): every layer's input and the output, and each layer's local backward
+        map from this pass (kept, so the update does not pool and activate again)."""
+        inputs, _, backs, out = self.stack.forward_local(x)
+        return inputs + [out], backs
 
     def train_feedback(self, hs: list[torch.Tensor]) -> torch.Tensor:
         """One step of feedback training at the forward states hs; returns the summed loss."""
@@ -267,9 +268,9 @@ class DifferenceTargetProp(Learner):
 
     @torch.no_grad()
     def compute_grads(self, x: torch.Tensor, y: torch.Tensor, states=None):
-        """Layer-local updates {param: grad} from the targets; `states` = (hs, drives) of
-        x's forward pass when the caller already has them."""
-        hs, drives = states if states is not None else self._forward_states(x)
+        """Layer-local updates {param: grad} from the targets; `states` = (hs, backs) of
+        x's forward pass (`_forward_states`) when the caller already has them."""
+        hs, backs = states if states is not None else self._forward_states(x)
         ts = self.targets(hs, y)
         grads: dict = {}
         n = len(x)
@@ -277,7 +278,7 @@ class DifferenceTargetProp(Learner):
         for l, layer in enumerate(self.stack.layers):
             diff = hs[l + 1] - ts[l]  # d/dh of 1/2 ||h_l - t_l||^2
             dist.append(diff.pow(2).flatten(1).sum(1).mean())
-            delta = layer.post_backward(drives[l], diff) / n
+            delta = backs[l](diff) / n
             gw, gb = layer.weight_grad(delta, hs[l])
             grads[layer.weight] = gw
             if layer.bias is not None:
@@ -286,7 +287,7 @@ class DifferenceTargetProp(Learner):
 
     def train_step(self, x, y):
         with torch.no_grad():
-            hs, drives = self._forward_states(x)
+            hs, backs = self._forward_states(x)
         rec = torch.zeros((), device=x.device)
         for _ in range(self.opts.fb_steps):
             rec = self.train_feedback(hs)
@@ -295,7 +296,7 @@ class DifferenceTargetProp(Learner):
         loss = F.cross_entropy(logits, y)
         # (reading the counter syncs with the device: only when pre-training is asked for)
         if self.opts.fb_pretrain == 0 or int(self.batches_seen) >= self.opts.fb_pretrain:
-            grads, _, dist = self.compute_grads(x, y, (hs, drives))
+            grads, _, dist = self.compute_grads(x, y, (hs, backs))
             self.apply_updates(grads)
             # mean squared distance of the hidden layers to their targets
             out["target_dist"] = torch.stack(dist[:-1]).mean() if len(dist) > 1 else dist[0]
