@@ -206,7 +206,7 @@ def test_corrupt_archive(tmp_path, fake_mnist, monkeypatch):
 
 def test_unknown_name():
     with pytest.raises(DataError, match="fetchable data sets are mnist, fashion-mnist, kriegeskorte92"):
-        fm.fetch("cifar10")
+        fm.fetch("imagenet")  # cifar10 and co. come from their publishers (test_download.py)
 
 
 # --------------------------------------------------------------------------- download steps, faked

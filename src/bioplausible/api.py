@@ -83,7 +83,9 @@ def learner(rule: str, model: str | nn.Sequential = "mlp", input_shape=None, num
             raise ValueError(f"learner: num_classes={num_classes} but the model's last Linear has "
                              f"{stack.num_classes} outputs")
         cfg = _config(rule, stack.arch, options, seed=seed, device=str(dev))
-        return get(rule)(stack.to(dev), cfg).to(dev)
+        # the rule's own tensors (feedback matrices, ...) in the model's precision too
+        dtype = next(model.parameters()).dtype
+        return get(rule)(stack.to(dev), cfg).to(dev, dtype)
     if not isinstance(model, str):
         raise ValueError(f"learner: model must be 'mlp', 'cnn' or a torch.nn.Sequential, got {type(model).__name__}")
     if num_classes is None:

