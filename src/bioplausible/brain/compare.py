@@ -424,28 +424,38 @@ class BrainComparison:
                       if nv is not None else np.full(len(names), np.nan))
             kinds = [self.sources[groups[g][0]].kind for g in names]
             g_flat = [bool(flat_src[groups[g]].all()) or target_flat for g in names]
+            gdata = [self.sources[groups[g][0]].info.get("data") for g in names]
+            combos = list(itertools.combinations(range(len(names)), 2))
+            ai_, bi_ = (np.array([c[k] for c in combos], int) for k in (0, 1))
+            d_all = gpoint_a[ai_] - gpoint_a[bi_] if combos else np.zeros(0)
+            v_all = np.full(len(combos), np.nan)
+            if dv is not None:
+                for k, (a_, b_) in enumerate(combos):
+                    if (a_, b_) in dv[0]:
+                        v_all[k] = dv[1][dv[0][a_, b_]]
+            v_all = v_all + gseed[ai_] + gseed[bi_] if combos else v_all
+            ok_p = np.isfinite(v_all) & np.isfinite(d_all)
+            p_all = np.full(len(combos), np.nan)
+            p_all[ok_p] = infer.t_test(d_all[ok_p], v_all[ok_p], df)
+            hw_all = _st.t.ppf(0.975, df) * np.sqrt(np.maximum(v_all, 0))
             pair_rows = []
-            for ai, bi in itertools.combinations(range(len(names)), 2):
+            for k, (ai, bi) in enumerate(combos):
                 a, b = names[ai], names[bi]
-                d = gpoint_a[ai] - gpoint_a[bi]
-                v = np.nan
-                if dv is not None and (ai, bi) in dv[0]:
-                    v = dv[1][dv[0][ai, bi]] + gseed[ai] + gseed[bi]
-                p = float(infer.t_test(d, v, df)) if np.isfinite(v) and np.isfinite(d) else np.nan
                 fam = "other"
-                if kinds[ai] == kinds[bi] == "trained":
+                kk = {kinds[ai], kinds[bi]}
+                if kk == {"trained"}:
                     fam = "pair"
                 elif self.baseline_of.get(a) == b or self.baseline_of.get(b) == a:
                     fam = "untrained"
-                elif "pixels" in (kinds[ai], kinds[bi]) and "trained" in (kinds[ai], kinds[bi]):
+                elif kk == {"trained", "pixels"} and gdata[ai] == gdata[bi]:
                     fam = "pixels"
-                if g_flat[ai] or g_flat[bi]:
-                    p = np.nan  # an uninformative RDM is never ranked
-                hw = _st.t.ppf(0.975, df) * np.sqrt(max(v, 0)) if np.isfinite(v) else np.nan
+                # an uninformative (flat) RDM is never ranked
+                p = np.nan if g_flat[ai] or g_flat[bi] else float(p_all[k])
                 pair_rows.append({"recordings": rec.name, "target": t, "method": method, "distance": self.distance,
-                                  "group_a": a, "group_b": b, "diff": float(d), "ci_low": float(d - hw),
-                                  "ci_high": float(d + hw), "p": p, "se": float(np.sqrt(max(v, 0))) if np.isfinite(v)
-                                  else np.nan, "family": fam, "n_boot": self.n_boot, "created": now})
+                                  "group_a": a, "group_b": b, "diff": float(d_all[k]),
+                                  "ci_low": float(d_all[k] - hw_all[k]), "ci_high": float(d_all[k] + hw_all[k]),
+                                  "p": p, "se": float(np.sqrt(max(v_all[k], 0))) if np.isfinite(v_all[k]) else np.nan,
+                                  "family": fam, "n_boot": self.n_boot, "created": now})
             for fam in ("pair", "untrained", "pixels", "other"):
                 rows_f = [r for r in pair_rows if r["family"] == fam]
                 for r, q in zip(rows_f, infer.fdr([r["p"] for r in rows_f])):
@@ -461,13 +471,15 @@ class BrainComparison:
                                            f"{'dual bootstrap (subjects x stimuli)' if n_subj > 1 else 'bootstrap over stimuli'}"
                                            f", t tests on {df} dof, FDR-corrected. "}
 
+            by_pair = {(r["group_a"], r["group_b"]): r for r in pair_rows}
+
             def against(g: str, other: str | None) -> tuple[float, float]:
-                if other is None:
-                    return np.nan, np.nan
-                for r in pair_rows:
-                    if {r["group_a"], r["group_b"]} == {g, other}:
-                        sign = 1 if r["group_a"] == g else -1
-                        return sign * r["diff"], r.get("p_fdr", np.nan)
+                r = by_pair.get((g, other))
+                if r is not None:
+                    return r["diff"], r.get("p_fdr", np.nan)
+                r = by_pair.get((other, g))
+                if r is not None:
+                    return -r["diff"], r.get("p_fdr", np.nan)
                 return np.nan, np.nan
 
             for gi, g in enumerate(names):
@@ -485,7 +497,8 @@ class BrainComparison:
                 summary.append({
                     "recordings": rec.name, "target": t, "method": method, "distance": self.distance,
                     "group": g, "kind": kind, "n_members": len(members), "best_layer": best,
-                    "baseline": self.baseline_of.get(g),
+                    "baseline": self.baseline_of.get(g), "data": data_name,
+                    "rule": self.sources[members[0]].info.get("rule"), "model": self.sources[members[0]].info.get("model"),
                     "score": score, "ci_low": float(score - half_w[gi]), "ci_high": float(score + half_w[gi]),
                     "noise_lower": c["cv_noise_lower"], "noise_upper": c["cv_noise_upper"],
                     "fraction": score / c["cv_noise_lower"] if c["cv_noise_lower"] > 0 else np.nan,

@@ -246,6 +246,31 @@ def verdict_lines(result: Any, alpha: float = ALPHA) -> list[str]:
                 parts.append("not distinguishable from each other: " + ", ".join(ranked))
             elif len(better) < n_pairs:
                 parts.append(f"the other {n_pairs - len(better)} of {n_pairs} rule pairs are not distinguishable")
+        datas = sorted({str(summ[g].get("data")) for g in ranked})
+        if len(datas) > 1:  # does the training set change the ranking?
+            per = []
+            for dname in datas:
+                inside = [(a, b) for a, b, *_ in better if str(summ[a].get("data")) == dname
+                          and str(summ[b].get("data")) == dname]
+                per.append(f"{dname}: " + (", ".join(f"{a} > {b}" for a, b in inside) if inside
+                                          else "no rule pair distinguishable"))
+            if better:
+                parts.append("by training set: " + "; ".join(per))
+            differ, same_rule = [], []
+            for t in sig:
+                ga, gb = summ[t["group_a"]], summ[t["group_b"]]
+                if (ga.get("rule"), ga.get("model")) != (gb.get("rule"), gb.get("model")) or ga.get("data") == gb.get("data"):
+                    continue
+                name = f"{ga.get('rule')} {ga.get('model')} ({ga.get('data')} vs {gb.get('data')})"
+                q = t.get("p_fdr")
+                if q is not None and np.isfinite(q) and q < alpha:
+                    differ.append(f"{name} {t['diff']:+.3f}")
+                else:
+                    same_rule.append(name)
+            if differ:
+                parts.append("the training set changes the score of: " + ", ".join(differ))
+            if same_rule:
+                parts.append("the training set does not distinguishably change: " + ", ".join(same_rule))
         for fam, word in (("untrained", "their untrained nets"), ("pixels", "the pixel RDM")):
             same, above, below = [], [], []
             for g in ranked:
