@@ -65,6 +65,9 @@ class TransposeAdmixture(FeedbackAlignment):
 class FALinear(FeedbackAlignment):
     """Genuine feedback alignment whose forward pass bypasses Layer.drive (F.linear)."""
 
+    def forward_op(self, h, layer):
+        return F.linear(h, layer.weight, layer.bias)
+
     @torch.no_grad()
     def compute_grads(self, x, y):
         layers = self.stack.layers
@@ -72,7 +75,7 @@ class FALinear(FeedbackAlignment):
         for layer in layers:
             h = h.flatten(1)
             inputs.append(h)
-            a = F.linear(h, layer.weight, layer.bias)
+            a = self.forward_op(h, layer)
             pres.append(a)
             h = torch.tanh(a) if layer is not layers[-1] else a
         loss, e = self.output_error(h, y)
@@ -264,3 +267,15 @@ def test_autograd_inside_one_layer_is_not_a_backward_phase():
     r = probe_phases(AutogradHebb)
     assert r.verdict == "yes" and r.data["local_autograd"] == len(r.data["rows"]), r.evidence
     assert probe_phases("bp").data["crossing_backward"] == 1
+
+
+class FAMatmul(FALinear):
+    """The same, with the forward written as x @ W.t()."""
+
+    def forward_op(self, h, layer):
+        return h @ layer.weight.t() + layer.bias
+
+
+def test_hand_written_forward_is_unverifiable_too():
+    r = probe_weight_transport(FAMatmul)
+    assert r.verdict is None and "matmul with W^T on layer" in r.evidence, r.evidence

@@ -284,8 +284,9 @@ def _updated(ref: Trajectory, key: str) -> bool:
 
 # -- watching every op that touches a weight ----------------------------------------------
 class WeightWatch(TorchFunctionMode):
-    """Sees every `F.linear`/`conv2d` whose weight argument is a stack weight (inside
-    `Layer.drive` or not) and every autograd call; optionally corrects the forward use of
+    """Sees every `F.linear`/`conv2d` whose weight argument is a stack weight and every matmul
+    with a transposed view of one (x @ W.t()), inside `Layer.drive` or not, and every autograd
+    call; optionally corrects the forward use of
     non-stack matrices under a learning-pathway offset (C1 on auxiliary matrices)."""
 
     def __init__(self, learner, aux_offsets: dict[int, torch.Tensor] | None = None) -> None:
@@ -298,20 +299,32 @@ class WeightWatch(TorchFunctionMode):
         self.outside: list[str] = []  # forward ops on stack weights outside Layer.drive
         self.autograd: list[dict[str, Any]] = []
         self.input_grad = 0
+        self.transposed: dict[int, tuple[int, torch.Tensor]] = {}  # id -> (layer, the view, kept alive)
+
+    def _record(self, i: int, x: torch.Tensor, op: str) -> None:
+        self.ops.append({"layer": i, "rows": int(x.shape[0]), "x": x.detach(), "op": op,
+                         "crosses": bool(x.requires_grad and x.grad_fn is not None),
+                         "in_drive": self.in_drive > 0})
+        if not self.in_drive:
+            self.outside.append(f"{op} on layer {i}")
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        if name == "__get__":  # a property: W.T / W.mT
+            name = getattr(getattr(func, "__self__", None), "__name__", "")
+        if name in ("t", "T", "mT", "transpose", "permute") and args and id(args[0]) in self.layer_of:
+            # a transposed view of a stack weight: x @ W^T is a forward use written by hand
+            out = func(*args, **kwargs)
+            self.transposed[id(out)] = (self.layer_of[id(args[0])], out)
+            return out
+        if name in ("matmul", "mm", "__matmul__") and len(args) == 2 and id(args[1]) in self.transposed:
+            self._record(self.transposed[id(args[1])][0], args[0], "matmul with W^T")
         if func in _LINEAR_OPS and len(args) >= 2:
             w = args[1]
             i = self.layer_of.get(id(w))
             if i is not None:
-                x = args[0]
-                self.ops.append({"layer": i, "rows": int(x.shape[0]), "x": x.detach(),
-                                 "op": getattr(func, "__name__", str(func)),
-                                 "crosses": bool(x.requires_grad and x.grad_fn is not None),
-                                 "in_drive": self.in_drive > 0})
-                if not self.in_drive:
-                    self.outside.append(f"{getattr(func, '__name__', func)} on layer {i}")
+                self._record(i, args[0], getattr(func, "__name__", str(func)))
             n = self.aux_offsets.get(id(w))
             if n is not None:
                 out = func(*args, **kwargs)
