@@ -223,3 +223,9 @@ def test_one_renderer_same_legend_and_footnotes_everywhere():
     assert {r["rule"] for r in csv.DictReader(io.StringIO(res.output))} == {"bp", "fa"}
     res = CliRunner().invoke(app, ["criteria", "--rules", "nosuchrule"])
     assert res.exit_code == 2 and "nosuchrule" in res.output
+
+
+def test_relaxation_feedback_is_dynamics_and_the_phases_show_as_sweeps():
+    for rule in ("pc", "ep"):
+        r = probe_phases(rule)
+        assert r.verdict == "no" and r.data["resweep"] and "relaxation" in r.evidence, (rule, r.evidence)

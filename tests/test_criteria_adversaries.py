@@ -279,3 +279,16 @@ class FAMatmul(FALinear):
 def test_hand_written_forward_is_unverifiable_too():
     r = probe_weight_transport(FAMatmul)
     assert r.verdict is None and "matmul with W^T on layer" in r.evidence, r.evidence
+
+
+class PaddedFeedback(FeedbackAlignment):
+    """FA calling its feedback twice per layer, to pass for a relaxation's top-down input."""
+
+    def hidden_error(self, l, delta_next, x_next_shape, e):
+        super().hidden_error(l, delta_next, x_next_shape, e)
+        return super().hidden_error(l, delta_next, x_next_shape, e)
+
+
+def test_padded_feedback_is_still_a_backward_sweep():
+    r = probe_phases(PaddedFeedback)
+    assert r.verdict == "no" and "backward sweep" in r.evidence, r.evidence

@@ -53,7 +53,8 @@ C3 single phase (measured)
     calls. Seen through a `TorchFunctionMode` watching every `F.linear`/`conv2d` on a stack
     weight (inside `Layer.drive` or not): 'no' for a backward pass that crosses layers (an
     autograd call on a graph where some layer's input came from another layer's output
-    undetached), explicit layer-to-layer feedback (`Layer.input_grad`), two conditions side
+    undetached), a backward sweep of explicit feedback (`Layer.input_grad` at most once per
+    layer; the many calls of a relaxation are its top-down input, not a phase), two conditions side
     by side (more rows than the batch, or two rows of one pass holding the same stimulus),
     or the same stimulus swept through the network twice; 'yes' for one sweep and none of
     these; several sweeps of changing inputs (time steps) and nothing else: undecided. An
@@ -630,18 +631,26 @@ def probe_phases(rule, watch: WeightWatch | None = None, downstream_vector: bool
     if paired:
         parts.append("one stimulus in two conditions within one pass")
     if resweep:
-        parts.append("the same stimulus swept through the first layer again")
+        parts.append("the same stimulus swept through the first layer again (a second phase on the "
+                     "stimulus, e.g. free then nudged, or an initial pass then a relaxation)")
     if crossing:
         parts.append(f"{len(crossing)} autograd backward pass(es) crossing layers")
     if local_ag:
         parts.append(f"{local_ag} autograd call(s) confined to single layers (not a phase)")
-    if feedback:
-        parts.append(f"explicit layer-to-layer feedback ({feedback} Layer.input_grad call(s))")
+    # explicit feedback once per layer is a backward sweep; many more calls are the top-down
+    # input of a relaxation, part of one dynamics and no phase by itself (its phases show as
+    # sweeps of the same stimulus)
+    # (a relaxation interleaves its feedback with several forward sweeps)
+    backward_sweep = feedback > 0 and (feedback <= n_layers or sweeps <= 1)
+    if backward_sweep:
+        parts.append(f"a backward sweep of explicit feedback ({feedback} Layer.input_grad call(s))")
+    elif feedback:
+        parts.append(f"top-down input in a relaxation ({feedback} Layer.input_grad calls: dynamics, not a phase)")
     implicit = downstream_vector and not (crossing or feedback)
     if implicit:
         parts.append("a feedback phase (an error vector from the network above reaches the updates after the sweep)")
-    separate = side_by_side or paired or resweep or bool(crossing) or bool(feedback) or implicit
-    phases = max(sweeps, 1) + (1 if (crossing or feedback or implicit) else 0)
+    separate = side_by_side or paired or resweep or bool(crossing) or backward_sweep or implicit
+    phases = max(sweeps, 1) + (1 if (crossing or backward_sweep or implicit) else 0)
     data = {"rows": rows, "sweeps": sweeps, "phases": phases, "crossing_backward": len(crossing),
             "local_autograd": local_ag, "input_grad": feedback, "side_by_side": side_by_side,
             "paired": paired, "resweep": resweep, "outside_drive": sorted(set(w.outside))}
