@@ -403,12 +403,8 @@ def _pathway_offset(key: str, kind: str, seed: int, ref: Trajectory):
         p = dict(learner.named_parameters())[key]
         with torch.no_grad():
             p.copy_(ref.values[t][key])
-        if kind == "sign":
-            n = fixed.setdefault("n", _offsets_for(learner, key, kind, seed))
-        else:
-            g = torch.Generator().manual_seed(seed)
-            z = torch.randn(p.shape, generator=g, dtype=p.dtype)
-            n = p.detach() * (torch.exp(MAGNITUDE_SPREAD * z) - 1)
+        n = fixed.setdefault("n", _offsets_for(learner, key, kind, seed)) if kind == "sign" else \
+            _offsets_for(learner, key, kind, seed)
         layer = next((l for l in learner.stack.layers if l.weight is p), None)
         if layer is not None:
             with layer.transport_probe(n):
@@ -449,10 +445,10 @@ def _outside_ops(cls, name, batches) -> list[str]:
             yield
         seen.append(w)
 
-    run_trajectory(cls, name, batches[:1], instrument=inst)
+    run_trajectory(cls, name, batches, instrument=inst)
     b = len(batches[0][0])
     return sorted({f"{o['op']} on layer {o['layer']}"
-                   for o in seen[0].ops if not o["in_drive"] and o["rows"] % b == 0}) if seen else []
+                   for w in seen for o in w.ops if not o["in_drive"] and o["rows"] % b == 0})
 
 
 def probe_weight_transport(rule, ref: Trajectory | None = None) -> ProbeResult:
