@@ -87,7 +87,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from .claims import Claims, no, partial, yes
+from .claims import Claims, no, yes
 from .base import Learner
 
 
@@ -130,8 +130,8 @@ class EquilibriumPropagation(Learner):
         ),
         c4_spiking=no("real-valued rates"),
         c5_label_free_hidden=no("the label nudges the output, and through the dynamics every layer"),
-        c6_unsigned_error=partial(
-            "no error signal is sent, but the update is a signed difference between phases"
+        c6_unsigned_error=no(
+            "no error signal is sent, but the update is a difference between phases of mixed sign across units"
         ),
     )
 

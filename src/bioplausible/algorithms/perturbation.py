@@ -97,7 +97,7 @@ _CLAIMS_COMMON = dict(
     c3_single_phase=no("a clean pass and perturbed passes whose losses must be compared (two or more passes)"),
     c4_spiking=no("real-valued rates"),
     c5_label_free_hidden=no("the broadcast loss change is computed from the label"),
-    c6_unsigned_error=no("the broadcast loss change is signed (a reward-prediction-like signed scalar)"),
+    c6_unsigned_error=partial("one signed scalar per sample, the loss change, reaches every synapse (reward-prediction-like), no per-neuron error"),
 )
 
 

@@ -155,14 +155,14 @@ def build(store, out: str | Path, run_ids: list[str] | None = None, runs: str | 
     # criteria
     crit = d["criteria"]
     if crit:
-        header, rows, cnotes = T.criteria_table(crit)
-        write("criteria.md", T.markdown(header, rows) + ("\n" + "".join(f"- {n}\n" for n in cnotes) if cnotes else ""))
-        write("criteria.tex", T.latex(header, rows))
-        write("criteria.csv", T.criteria_csv(crit))
+        from ..criteria.render import render as render_criteria
+
+        for fmt, fname in (("markdown", "criteria.md"), ("latex", "criteria.tex"), ("csv", "criteria.csv")):
+            write(fname, render_criteria(crit, fmt))
         meta = d["criteria_meta"]
         sections.append(H.Section("criteria", "Plausibility criteria",
-                                  '<div class="scroll">' + T.html_table(header, rows, cls="criteria") + "</div>",
-                                  cnotes + [f"Measured with bioplausible {meta.get('version')} at {meta.get('created')}. "
+                                  '<div class="scroll">' + render_criteria(crit, "html") + "</div>",
+                                  [f"Measured with bioplausible {meta.get('version')} at {meta.get('created')}. "
                                             "Files: criteria.md, criteria.tex, criteria.csv."]))
     else:
         sections.append(H.Section("criteria", "Plausibility criteria",

@@ -384,73 +384,8 @@ def md_text(s: Any) -> str:
     return _MD_SPECIAL.sub(r"\\\1", str(s)).replace("\n", " ")
 
 
-# -- the criteria matrix ---------------------------------------------------------------------------
-SYMBOL = {"yes": "✓", "no": "✗", "partial": "◐"}
-CRITERIA_NAMES = {
-    "c1_no_weight_transport": "C1 no weight transport", "c2_local_error": "C2 local error",
-    "c3_single_phase": "C3 single phase", "c4_spiking": "C4 spiking",
-    "c5_label_free_hidden": "C5 label-free hidden", "c6_unsigned_error": "C6 unsigned error",
-}
-
-
-def cell_verdict(cell: dict[str, Any]) -> str | None:
-    """The verdict a matrix cell stands for: measured by a probe where one decided, else claimed."""
-    if not isinstance(cell, dict) or cell.get("source") == "error":
-        return None
-    v = cell.get("measured") if cell.get("source") == "measured" else cell.get("claim")
-    return v if v in SYMBOL else None
-
-
-def criteria_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]], list[str]]:
-    """(header, body, footnotes) of the stored criteria matrix. Rows as built by
-    `bioplausible.criteria.matrix.build_matrix` ({rule, cells: {criterion: {...}}, paper,
-    flags, error}); other row shapes are shown column by column."""
-    if not rows or not all(isinstance(r.get("cells"), dict) for r in rows):
-        header, body = generic(rows)
-        return header, body, []
-    keys: list[str] = []
-    for r in rows:
-        keys += [k for k in r["cells"] if k not in keys]
-    header = ["rule"] + [CRITERIA_NAMES.get(k, k) for k in keys] + ["paper"]
-    body, notes = [], []
-    for r in rows:
-        line = [str(r.get("rule"))]
-        for k in keys:
-            c = r["cells"].get(k)
-            if not isinstance(c, dict):
-                line.append("")
-                continue
-            if c.get("source") == "error":
-                line.append("error")
-                continue
-            v = cell_verdict(c)
-            t = f"{SYMBOL.get(v, '?')} {c.get('source', '')}".strip()
-            if c.get("flag"):
-                t += " ⚠"
-                notes.append(f"⚠ {r.get('rule')} {k.split('_')[0].upper()}: {c['flag']}")
-            line.append(t)
-        line.append(str(r.get("paper")) if r.get("paper") is not None else "–")
-        if r.get("error"):
-            notes.append(f"error {r.get('rule')}: {str(r['error']).splitlines()[0][:200]}")
-        body.append(line)
-    notes.insert(0, "✓ satisfies, ✗ does not, ◐ partially; measured = decided by a probe on the rule's "
-                    "train_step, claimed = the rule's own claim (no probe applies); ⚠ = a probe contradicts "
-                    "the claim; paper = criteria the reference paper credits the rule family with.")
-    return header, body, notes
-
-
-def criteria_csv(rows: list[dict[str, Any]]) -> str:
-    """Long format: one line per rule and criterion."""
-    if not rows or not all(isinstance(r.get("cells"), dict) for r in rows):
-        return csv_text(*generic(rows))
-    header = ["rule", "criterion", "verdict", "source", "claim", "measured", "paper", "contradiction", "evidence"]
-    out = []
-    for r in rows:
-        for k, c in r["cells"].items():
-            out.append([r.get("rule"), k, cell_verdict(c) or ("error" if c.get("source") == "error" else ""),
-                        c.get("source"), c.get("claim"), c.get("measured"), c.get("paper"), c.get("flag") or "",
-                        c.get("evidence") or ""])
-    return csv_text(header, out)
+# -- the criteria matrix: rendered by bioplausible.criteria.render, the one renderer of every format
+from ..criteria.render import cell_verdict  # noqa: E402,F401  (used by the plausibility scores)
 
 
 def latex(header: list[str], rows: list[list[str]]) -> str:
