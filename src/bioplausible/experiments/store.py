@@ -107,6 +107,10 @@ class Store:
             return
         if self.path.stat().st_size == 0 and allow_empty:
             return
+        # SQLite makes -wal/-shm files to read a file whose header says WAL; a file we
+        # refuse is left as it was found
+        side = [Path(f"{self.path}{s}") for s in ("-wal", "-shm")]
+        had = [p.exists() for p in side]
         try:
             con = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=60)
             try:
@@ -117,6 +121,9 @@ class Store:
             finally:
                 con.close()
         except sqlite3.Error as e:
+            for p, h in zip(side, had):
+                if not h:
+                    p.unlink(missing_ok=True)
             raise self._error(e) from None
         if not tables and allow_empty:
             return

@@ -29,7 +29,7 @@ def register(app: typer.Typer) -> None:
         from ..experiments.store import Store, StoreError
         from . import build
 
-        err = Console(stderr=True)
+        err = Console(stderr=True, soft_wrap=True)
         if metric not in ("test_acc", "best_val_test_acc", "val_acc", "train_acc"):
             err.print(f"[bold red]error:[/] --metric must be test_acc, best_val_test_acc, val_acc or train_acc, got {escape(metric)}")
             raise typer.Exit(2)
