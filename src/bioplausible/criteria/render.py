@@ -173,7 +173,9 @@ def render_html(rows) -> str:
         tds = [f"<td>{html.escape(b[0])}</td>"]
         for k, text in zip(cols, b[1:]):
             c = r["cells"].get(k) or {}
-            title = c.get("evidence") or c.get("claim_reason") or ""
+            title = c.get("evidence") or ""
+            if c.get("source") != "measured" and c.get("claim_reason"):
+                title += f" (claim: {c['claim_reason']})"
             tds.append(f'<td title="{html.escape(str(title))}">{html.escape(text)}</td>')
         h.append("<tr>" + "".join(tds) + "</tr>")
     h.append("</tbody></table>")
