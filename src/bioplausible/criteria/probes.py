@@ -57,12 +57,13 @@ C3 single phase (measured)
     weight (inside `Layer.drive` or not): 'no' for a backward pass that crosses layers (an
     autograd call on a graph where some layer's input came from another layer's output
     undetached), a backward sweep of explicit feedback (`Layer.input_grad` at most once per
-    layer; the many calls of a relaxation are its top-down input, not a phase), two conditions side
-    by side (more rows than the batch, or two rows of one pass holding the same stimulus),
-    or the same stimulus swept through the first layer twice (an initial pass and a
-    relaxation, a free and a nudged phase), or an error vector from above reaching the updates
-    after a single sweep with none of these (C2a 'no': an implicit feedback phase, as DFA's
-    broadcast); 'yes' for one sweep and none of these; several sweeps of changing inputs (time steps) and nothing else: undecided. An
+    layer; the many calls of a relaxation are its top-down input, not a phase), two
+    conditions side by side (more rows than the batch, or two rows of one pass holding the
+    same stimulus), the same stimulus swept through the first layer twice (an initial pass
+    and a relaxation, a free and a nudged phase), or an error vector from above reaching the
+    updates after a single sweep with none of these (C2a 'no': an implicit feedback phase,
+    as DFA's broadcast); 'yes' for one sweep and none of these; several sweeps of changing
+    inputs (time steps) and nothing else: undecided. An
     autograd call that stays inside one layer (a block and its head, a Hebbian update
     written with autograd) is not a backward phase.
 
@@ -769,7 +770,8 @@ def probe_unsigned_error(rule) -> ProbeResult:
     data = {"per_layer": per}
     desc = ", ".join(f"layer {names.index(k)}: {v}" for k, v in per.items())
     if "no" in hidden.values():
-        return ProbeResult("no", f"a hidden layer's units receive a label-dependent signal of mixed signs ({desc})", data)
+        return ProbeResult("no", f"a hidden layer's units receive a label-dependent signal of mixed signs ({desc})",
+                           data)
     if "undecided" in per.values():
         return ProbeResult(None, f"a label-dependent update is not rank one in its input ({desc})", data)
     if all(v == "yes" for v in per.values()):
