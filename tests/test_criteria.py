@@ -127,7 +127,8 @@ def test_stochastic_rule_is_probed_with_identical_noise():
     reaches a layer's update only through one broadcast scalar per sample (C2a 'partial')."""
     row = build_matrix(["np"])[0]["cells"]
     assert row["c1_no_weight_transport"]["measured"] == "yes"
-    assert row["c2a_no_downstream"]["measured"] == "partial" and "one scalar per sample" in row["c2a_no_downstream"]["evidence"]
+    c2a = row["c2a_no_downstream"]
+    assert c2a["measured"] == "partial" and "one scalar per sample" in c2a["evidence"]
     assert row["c3_single_phase"]["measured"] == "no"  # clean and perturbed copies side by side
     assert row["c6_unsigned_error"]["measured"] == "partial"
 
@@ -192,7 +193,8 @@ def test_matrix_tolerates_broken_rule_and_marks_sources():
     assert bp["c2_local_error"]["source"] == "no probe"  # C2a does not hold: the paper's C2 is claimed
     assert by["stdp"]["cells"]["c2a_no_downstream"]["source"] == "n/a"  # two layers: nothing above l+1
     assert by["stdp"]["cells"]["c3_single_phase"]["source"] == "undecided"  # time steps
-    assert bp["c1_no_weight_transport"]["paper"] == "no" and by["fa"]["cells"]["c1_no_weight_transport"]["paper"] == "yes"
+    assert bp["c1_no_weight_transport"]["paper"] == "no"
+    assert by["fa"]["cells"]["c1_no_weight_transport"]["paper"] == "yes"
     assert not by["bp"]["flags"] and not by["fa"]["flags"]  # their claims agree with the probes
 
 
@@ -213,8 +215,11 @@ def test_one_renderer_same_legend_and_footnotes_everywhere():
     with pytest.raises(ValueError):
         render(rows, "pdf")
 
+    from bioplausible.report import plausibility_scores
     from bioplausible.report.tables import cell_verdict
     assert cell_verdict(rows[0]["cells"]["c1_no_weight_transport"]) == "no"
+    # local: C2 and C3 yes, C1, C4, C5, C6 no; the probe-only C2a is not counted a second time
+    assert plausibility_scores(rows) == {"bp": 0.0, "local": pytest.approx(2 / 6)}
 
     from bioplausible.cli import app
 

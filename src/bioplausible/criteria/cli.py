@@ -38,5 +38,5 @@ def register(app: typer.Typer) -> None:
             typer.echo("")
             for r in rows:
                 for k, c in r["cells"].items():
-                    typer.echo(f"{r['rule']:>8}  {c['criterion']:<30} {cell_text(c, k):<10} "
-                               f"{c['evidence'] or c['claim_reason']}")
+                    claim = f" | claim: {c['claim_reason']}" if c["source"] != "measured" and c["claim_reason"] else ""
+                    typer.echo(f"{r['rule']:>8}  {c['criterion']:<30} {cell_text(c, k):<10} {c['evidence']}{claim}")

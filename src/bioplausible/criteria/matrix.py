@@ -121,6 +121,11 @@ def matrix_row(rule) -> dict[str, Any]:
     for key in COLUMNS:
         claim = getattr(claims, key, None) if claims is not None else None
         cells[key] = _cell(key, claim, fatal if fatal is not None else probes.get(key), name)
+    c2 = cells["c2_local_error"]
+    if c2["source"] == "no probe":
+        c2a = cells["c2a_no_downstream"]
+        c2["evidence"] = ("no general probe: the paper's local error representation is measured only where C2a "
+                          f"holds (C2a here: {c2a['measured'] or c2a['source']})")
     errors = {type(p).__name__ + ": " + str(p) for k, p in probes.items() if isinstance(p, Exception)
               and not isinstance(p, ProbeUnavailable)}
     return {

@@ -26,12 +26,15 @@ C1 weight transport (measured)
     (b) a magnitude-only change, P * m with m > 0 per weight, which keeps every sign.
     If any OTHER matrix's update changes under (b), P's magnitudes are transported: 'no'.
     If only under (a): only P's signs are transported: 'partial'. Neither: 'yes'.
-    Every pair (P, Q) counts: one pair with a dependence decides.
-    Unverifiable: if the rule's prediction or the loss it reports on the first step changes
-    under the probe, its forward computation reads the weights outside `Layer.drive` (a
-    forward pass through `F.linear`, a relaxation with symmetric feedback); then the learning
-    pathway cannot be isolated and the cell is 'undecided', naming the forward ops seen
-    outside `Layer.drive`.
+    Every pair (P, Q) counts: one pair with a dependence decides. At each step's start P is
+    reset to its value in the unperturbed run, so that a rule reading its own weights in its
+    own update (row normalisation, Oja) does not move P's forward value.
+    Unverifiable ('undecided'): the rule runs forward ops on the batch outside `Layer.drive`
+    (`F.linear`/`conv2d` with a stack weight, or a matmul with its transpose, seen by a
+    `TorchFunctionMode` over the whole trajectory; a one-row power iteration is a read of
+    W and is measured), or its prediction changes under the probe (a relaxation with
+    symmetric feedback, as in EP). Then the forward computation would see P + N too, and
+    the learning pathway cannot be isolated.
 
 C2 local error: two properties
     C2a "no downstream dependence" (measured): layer l's neighbourhood is layers l-1, l, l+1
@@ -54,10 +57,13 @@ C3 single phase (measured)
     weight (inside `Layer.drive` or not): 'no' for a backward pass that crosses layers (an
     autograd call on a graph where some layer's input came from another layer's output
     undetached), a backward sweep of explicit feedback (`Layer.input_grad` at most once per
-    layer; the many calls of a relaxation are its top-down input, not a phase), two conditions side
-    by side (more rows than the batch, or two rows of one pass holding the same stimulus),
-    or the same stimulus swept through the network twice; 'yes' for one sweep and none of
-    these; several sweeps of changing inputs (time steps) and nothing else: undecided. An
+    layer; the many calls of a relaxation are its top-down input, not a phase), two
+    conditions side by side (more rows than the batch, or two rows of one pass holding the
+    same stimulus), the same stimulus swept through the first layer twice (an initial pass
+    and a relaxation, a free and a nudged phase), or an error vector from above reaching the
+    updates after a single sweep with none of these (C2a 'no': an implicit feedback phase,
+    as DFA's broadcast); 'yes' for one sweep and none of these; several sweeps of changing
+    inputs (time steps) and nothing else: undecided. An
     autograd call that stays inside one layer (a block and its head, a Hebbian update
     written with autograd) is not a backward phase.
 
@@ -72,7 +78,10 @@ C5 label-free hidden layers (measured)
     layer) updates change at any step?
 
 C6 unsigned error (measured where decidable)
-    At batch 1, each layer's update under two labels. No change: 'yes' for that layer. A
+    After two warm-up steps (identical in both runs, so that zero-initialised heads are not
+    probed in a degenerate state), `STEPS` steps at batch 1 under two labellings; at the
+    first step where a layer's update differs, the two updates are compared. No
+    difference at any step: 'yes' for that layer. A
     change that only rescales the whole update (a scalar reward/punishment): 'partial'. A
     rank-one change delta x^T recovers the signal delta each unit receives: one sign across
     the units: 'partial'; mixed signs (a signed error vector): 'no' (only at the readout:
@@ -761,7 +770,8 @@ def probe_unsigned_error(rule) -> ProbeResult:
     data = {"per_layer": per}
     desc = ", ".join(f"layer {names.index(k)}: {v}" for k, v in per.items())
     if "no" in hidden.values():
-        return ProbeResult("no", f"a hidden layer's units receive a label-dependent signal of mixed signs ({desc})", data)
+        return ProbeResult("no", f"a hidden layer's units receive a label-dependent signal of mixed signs ({desc})",
+                           data)
     if "undecided" in per.values():
         return ProbeResult(None, f"a label-dependent update is not rank one in its input ({desc})", data)
     if all(v == "yes" for v in per.values()):

@@ -71,9 +71,10 @@ def cell_text(cell: dict[str, Any] | None, key: str = "") -> str:
 
 def legend(rows) -> list[str]:
     cols = _columns(rows)
-    lines = [", ".join(f"{_short(k)} {v.split(' ', 1)[1] if ' ' in v else v}" for k, v in cols.items()) + ".",
-             "✓ satisfies, ✗ does not, ◐ partially, · no verdict. Mark after the symbol: m = measured by a probe on "
-             "the rule's train_step; u = the probe ran but could not decide, the rule's claim is shown; n = the "
+    names = ", ".join(f"{_short(k)} {v.split(' ', 1)[1] if ' ' in v else v}" for k, v in cols.items())
+    lines = [names + ".",
+             "✓ satisfies, ✗ does not, ◐ partially, · no verdict. Mark after the symbol: m = measured by a probe "
+             "on the rule's train_step; u = the probe ran but could not decide, the rule's claim is shown; n = the "
              "probe does not apply to this rule, claim shown; c = no probe exists for this criterion, claim shown. "
              "p✓/p✗ = the reference paper's verdict (C1-C3 only; none where the paper does not rate the rule). "
              "⚠ = a measured verdict contradicts the rule's own claim.",
@@ -173,7 +174,9 @@ def render_html(rows) -> str:
         tds = [f"<td>{html.escape(b[0])}</td>"]
         for k, text in zip(cols, b[1:]):
             c = r["cells"].get(k) or {}
-            title = c.get("evidence") or c.get("claim_reason") or ""
+            title = c.get("evidence") or ""
+            if c.get("source") != "measured" and c.get("claim_reason"):
+                title += f" (claim: {c['claim_reason']})"
             tds.append(f'<td title="{html.escape(str(title))}">{html.escape(text)}</td>')
         h.append("<tr>" + "".join(tds) + "</tr>")
     h.append("</tbody></table>")

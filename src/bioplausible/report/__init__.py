@@ -81,6 +81,7 @@ def _verdict(v: Any) -> str | None:
 def plausibility_scores(rows: list[dict[str, Any]]) -> dict[str, float]:
     """Per rule: the mean over criteria of yes=1, partial=0.5, no=0 (measured where a probe
     decided, else claimed; cells in error left out). Rows are the stored criteria matrix."""
+    from ..criteria.claims import CRITERIA
     from .tables import cell_verdict
 
     scores: dict[str, float] = {}
@@ -89,7 +90,8 @@ def plausibility_scores(rows: list[dict[str, Any]]) -> dict[str, float]:
         if not isinstance(rule, str):
             continue
         if isinstance(r.get("cells"), dict):
-            vs = [cell_verdict(c) for c in r["cells"].values()]
+            # the six criteria (C2a, a stricter probe-only property, would count locality twice)
+            vs = [cell_verdict(c) for k, c in r["cells"].items() if k in CRITERIA]
         else:  # a flat row: {rule, c1_...: verdict, ...}
             vs = [_verdict(v) for k, v in r.items() if k.lower().startswith("c") and k[1:2].isdigit()]
         vs = [VERDICT_SCORE[v] for v in vs if v is not None]
