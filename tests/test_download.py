@@ -234,3 +234,15 @@ def test_cli_fetch_from_publisher(tmp_path, server, monkeypatch):
     r = CliRunner().invoke(app, ["data", "fetch", "kmnist", "--dest", str(tmp_path)])
     assert r.exit_code == 0, r.output
     assert "kmnist" in r.stdout and "ready" in r.stdout and fm.verify_cache("kmnist", tmp_path)
+
+
+def test_verified_cache_is_not_downloaded_again(tmp_path, server, monkeypatch):
+    _serve(monkeypatch, server, "kmnist")
+    handler, _ = server
+    fm.fetch("kmnist", dest_root=tmp_path)
+    n = len(handler.requests)
+    assert n == 4
+    fm.fetch("kmnist", dest_root=tmp_path)
+    assert len(handler.requests) == n
+    fm.fetch("kmnist", dest_root=tmp_path, force=True)
+    assert len(handler.requests) == 2 * n and fm.verify_cache("kmnist", tmp_path)

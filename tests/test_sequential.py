@@ -49,6 +49,24 @@ def test_training_updates_the_users_model_in_place(digits):
     torch.testing.assert_close(learner.predict(digits.x_test[:8]), net(digits.x_test[:8]))
 
 
+def test_nested_blocks_are_read_in_order():
+    torch.manual_seed(0)
+    block = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
+    net = nn.Sequential(block, nn.Sequential(nn.Flatten(), nn.Linear(64, 10)))
+    stack = from_sequential(net, (1, 8, 8))
+    assert [l.name for l in stack.layers] == ["conv1", "fc1"] and stack[0].pool == 2
+    x = torch.randn(3, 1, 8, 8)
+    torch.testing.assert_close(stack(x), net(x))
+    with pytest.raises(ValueError, match=r"module 0\.1 \(Dropout"):
+        from_sequential(nn.Sequential(nn.Sequential(nn.Linear(64, 8), nn.Dropout()), nn.Linear(8, 10)), (64,))
+
+
+def test_ep_refuses_average_pooling_in_one_line():
+    with pytest.raises(ValueError, match="^ep: only max-pooling") as e:
+        bioplausible.learner("ep", model=lenet(), input_shape=(1, 8, 8))
+    assert "\n" not in str(e.value)
+
+
 @pytest.mark.parametrize("module, name", [
     (nn.BatchNorm2d(6), "BatchNorm2d"),
     (nn.Dropout(0.5), "Dropout"),

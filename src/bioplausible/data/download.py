@@ -120,7 +120,8 @@ def _download(url: str, dest: Path, progress: bool, name: str, root: Path) -> No
     """Download `url` to `dest`, resuming `dest.part` if an earlier try left one."""
     part = dest.with_name(dest.name + ".part")
     have = part.stat().st_size if part.exists() else 0
-    req = urllib.request.Request(url, headers={"User-Agent": "bioplausible", **({"Range": f"bytes={have}-"} if have else {})})
+    headers = {"User-Agent": "bioplausible", **({"Range": f"bytes={have}-"} if have else {})}
+    req = urllib.request.Request(url, headers=headers)
     try:
         resp = urllib.request.urlopen(req, timeout=_TIMEOUT_S)
     except urllib.error.HTTPError as e:

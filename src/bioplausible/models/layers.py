@@ -153,7 +153,7 @@ class Layer(nn.Module):
 
     def post(self, a: torch.Tensor) -> torch.Tensor:
         """Activation and, for conv layers with `pool > 1`, max-pooling (pooling first where
-        the activation is non-decreasing: the same result)."""
+        the activation is non-decreasing: the same result) or average pooling (`pool_kind`)."""
         if self.pool > 1 and self.pool_kind == "avg":
             return F.avg_pool2d(ACTIVATIONS[self.act](a), self.pool)
         if self.pool > 1 and self.act in MONOTONE:

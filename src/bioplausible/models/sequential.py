@@ -74,9 +74,19 @@ def _conv_layer(name: str, m: nn.Conv2d, label: str) -> Layer:
                  stride=_single(_pair(m.stride)), bias=m.bias is not None, name=label)
 
 
+def _flat(model: nn.Sequential, prefix: str = ""):
+    """(dotted name, module) in order, nested Sequentials (blocks) opened up."""
+    for name, m in model.named_children():
+        if isinstance(m, nn.Sequential):
+            yield from _flat(m, f"{prefix}{name}.")
+        else:
+            yield f"{prefix}{name}", m
+
+
 def from_sequential(model: nn.Sequential, input_shape, check: bool = True) -> Stack:
     """A `Stack` that computes `model` on inputs of shape `input_shape` (without the batch
-    dimension) with `model`'s own parameters. The last weight layer must be a Linear: the
+    dimension) with `model`'s own parameters (nested Sequentials, e.g. blocks, are read in
+    order). The last weight layer must be a Linear: the
     readout, whose `out_features` is the number of classes. Raises ValueError naming the
     first module it cannot take."""
     if not isinstance(model, nn.Sequential):
@@ -86,7 +96,7 @@ def from_sequential(model: nn.Sequential, input_shape, check: bool = True) -> St
     counts = {"linear": 0, "conv": 0}
     # per layer: has its activation / pooling been set yet
     state: dict[str, bool] = {}
-    for name, m in model.named_children():
+    for name, m in _flat(model):
         if isinstance(m, (nn.Linear, nn.Conv2d)):
             kind = "linear" if isinstance(m, nn.Linear) else "conv"
             counts[kind] += 1
