@@ -157,15 +157,19 @@ def train(rule: str, data: str | Dataset = "digits", model: str = "mlp", epochs:
     checkpoint, and a run the store already holds from the same code is returned from the
     store instead of trained again (unless `force`); without one nothing is written.
     `options` are run settings (lr, batch_size, optimizer, widths, ...) or the rule's own."""
+    from .algorithms import resolve as resolve_rule
     from .data import load
-    from .experiments.runner import execute, load_learner, resolve_device
+    from .experiments.runner import execute, load_learner, resolve_device, with_data_identity
     from .experiments.runner import train as run_train
 
     if not isinstance(model, str):
         raise ValueError("train: model must be 'mlp' or 'cnn'; train a network of your own with "
                          "bioplausible.learner(rule, model=your_sequential, ...) in your own loop")
     name = data if isinstance(data, str) else data.name
-    cfg = _config(rule, model, options, data=name, epochs=epochs, seed=seed, device=device)
+    # the id a store knows the run by: the rule's defaults written in, and the data's digest
+    cfg = resolve_rule(_config(rule, model, options, data=name, epochs=epochs, seed=seed, device=device))
+    if isinstance(data, str):
+        cfg = with_data_identity(cfg)
     dataset = load(cfg.data, cfg.data_dir, cfg.val_fraction) if isinstance(data, str) else data
     steps = -(-len(dataset.x_train) // cfg.batch_size)
     if store is None:
