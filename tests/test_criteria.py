@@ -230,7 +230,16 @@ def test_one_renderer_same_legend_and_footnotes_everywhere():
     assert res.exit_code == 2 and "nosuchrule" in res.output
 
 
-def test_relaxation_feedback_is_dynamics_and_the_phases_show_as_sweeps():
+def test_relaxation_feedback_is_dynamics_and_the_phases_show_as_free_then_clamped():
+    # PC and EP sweep the stimulus once (their relaxations reuse the feed-forward drives):
+    # the phases show where the label enters, after a label-free sweep of every layer
     for rule in ("pc", "ep"):
         r = probe_phases(rule)
-        assert r.verdict == "no" and r.data["resweep"] and "relaxation" in r.evidence, (rule, r.evidence)
+        onset = r.data["label_onset"]
+        assert r.verdict == "no" and r.data["clamped_phase"] and "relaxation" in r.evidence, (rule, r.evidence)
+        assert onset["label_free_layers"] == [0, 1, 2, 3] and onset["first_layer_reused"], onset
+    # a relaxation whose clamp acts before the stimulus has reached the top has no free phase
+    pc_zeros = type("PCZeros", (PredictiveCoding,), {"probe_options": {"init": "zeros"}})
+    onset = probe_phases(pc_zeros).data["label_onset"]
+    assert not onset["redrive"] and onset["label_free_layers"] == [0, 1], onset
+    assert probe_phases("bp").data["label_onset"] is None  # the label reaches only the backward pass

@@ -216,6 +216,30 @@ class SecondPassOutsideDrive(Hebb):
         return {"loss": F.cross_entropy(h, y), "correct": (h.argmax(1) == y).sum()}
 
 
+class NudgedFromStoredState(Hebb):
+    """Two phases without sweeping the stimulus twice: a free forward sweep is stored, then every
+    layer above the first is driven again from its stored free input nudged toward the label
+    (through fixed random projections; the first layer's free drive is reused), and each
+    update contrasts the two phases."""
+
+    @torch.no_grad()
+    def train_step(self, x, y):
+        layers, h, free = self.stack.layers, x, []
+        for layer in layers:
+            inp = layer.prepare(h)
+            a = layer.drive(inp)
+            free.append((inp, a))
+            h = layer.post(a)
+        g = torch.Generator().manual_seed(0)
+        target = F.one_hot(y, 10).to(x.dtype)
+        grads = {layers[0].weight: torch.zeros_like(layers[0].weight)}
+        for layer, (inp, a) in zip(layers[1:], free[1:]):
+            nudge = target @ torch.randn(10, inp.shape[1], generator=g, dtype=x.dtype)
+            grads[layer.weight] = -((layer.drive(inp + 0.1 * nudge) - a).t() @ inp) / len(x)
+        self.apply_updates(grads)
+        return {"loss": F.cross_entropy(h, y), "correct": (h.argmax(1) == y).sum()}
+
+
 # -- the tests ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("cls", [AlternatingTranspose, StaleCopy, DelayedBP, NormalisedTranspose,
                                  TransposeAdmixture])
@@ -261,6 +285,17 @@ def test_phases_in_disguise():
     second = probe_phases(SecondPassOutsideDrive)
     assert second.verdict == "no" and second.data["resweep"] and second.data["sweeps"] == 2, second.evidence
     assert probe_weight_transport(SecondPassOutsideDrive).verdict is None  # forward outside drive
+
+
+def test_a_clamped_phase_is_seen_without_a_second_sweep_of_the_stimulus():
+    r = probe_phases(NudgedFromStoredState)
+    assert not r.data["resweep"] and r.data["input_grad"] == 0 and not r.data["crossing_backward"]
+    onset = r.data["label_onset"]
+    assert r.verdict == "no" and r.data["clamped_phase"] and onset["first_layer_reused"], r.evidence
+    assert onset["layer"] == 1 and onset["label_free_layers"] == [0, 1, 2, 3]
+    # a label that reaches only the updates (a global reward) enters no phase
+    reward = probe_phases(RewardHebb)
+    assert reward.verdict == "yes" and reward.data["label_onset"] is None, reward.evidence
 
 
 def test_autograd_inside_one_layer_is_not_a_backward_phase():

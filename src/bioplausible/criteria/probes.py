@@ -59,11 +59,20 @@ C3 single phase (measured)
     undetached), a backward sweep of explicit feedback (`Layer.input_grad` at most once per
     layer; the many calls of a relaxation are its top-down input, not a phase), two
     conditions side by side (more rows than the batch, or two rows of one pass holding the
-    same stimulus), the same stimulus swept through the first layer twice (an initial pass
-    and a relaxation, a free and a nudged phase), or an error vector from above reaching the
+    same stimulus), the same stimulus swept through the first layer twice, a free then a
+    clamped phase, or an error vector from above reaching the
     updates after a single sweep with none of these (C2a 'no': an implicit feedback phase,
     as DFA's broadcast); 'yes' for one sweep and none of these; several sweeps of changing
-    inputs (time steps) and nothing else: undecided. An
+    inputs (time steps) and nothing else: undecided.
+    Free then clamped: the probed step is run a second time with every label changed (same
+    weights, same noise); the first op whose input differs is where the label enters the
+    network's activity. If that op drives a layer l which, like every layer below it, had
+    already been driven before with a stimulus-dependent input (one that differs between the
+    samples), the activity was computed without the target and is computed again under it:
+    a free phase whose state the clamped (or nudged) phase starts from, as PC's feed-forward
+    initialisation and EP's free equilibrium. This does not count calls, so it holds when a
+    rule reuses the free phase's drives instead of sweeping the stimulus again. A label that
+    only reaches the updates, or is part of the stimulus from the first op, is no phase. An
     autograd call that stays inside one layer (a block and its head, a Hebbian update
     written with autograd) is not a backward phase.
 
@@ -579,9 +588,13 @@ def probe_locality(rule, ref: Trajectory | None = None) -> ProbeResult:
 
 
 # -- C3 / C4 ------------------------------------------------------------------------------
-def _watch_step(cls, name, batches, step: int) -> WeightWatch:
-    """The WeightWatch of step `step` of the reference trajectory."""
+def _watch_step(cls, name, batches, step: int, relabel: bool = False) -> WeightWatch:
+    """The WeightWatch of step `step` of the reference trajectory; `relabel`: with every label
+    of that step (only) changed, so the weights and the re-seeded noise are the same."""
     seen: dict[int, WeightWatch] = {}
+    if relabel:
+        x, y = batches[step]
+        batches = [*batches[:step], (x, other_labels(y, step))]
 
     @contextlib.contextmanager
     def inst(learner, t):
@@ -612,13 +625,44 @@ def _same_stimulus(a: torch.Tensor, b: torch.Tensor | None = None) -> bool:
     return bool((frac > 0.5).any())
 
 
-def probe_phases(rule, watch: WeightWatch | None = None, downstream_vector: bool = False) -> ProbeResult:
+def _varies(x: torch.Tensor) -> bool:
+    """Does an op's input differ between the rows of the batch (the stimulus has reached it)?"""
+    x = x.flatten(1)
+    return len(x) > 1 and bool((x != x[:1]).any())
+
+
+def _label_onset(a: WeightWatch, b: WeightWatch) -> dict[str, Any] | None:
+    """The first forward op whose input differs between two runs of one step that differ only
+    in the labels: where the label first enters the network's activity. With it, the
+    layers the stimulus had reached before (a stimulus-dependent input, driven label-free).
+    None when the labels never change an input to a stack layer."""
+    i = next((i for i, (p, q) in enumerate(zip(a.ops, b.ops)) if p["layer"] != q["layer"]
+              or p["x"].shape != q["x"].shape
+              or not torch.allclose(p["x"], q["x"], rtol=0, atol=0, equal_nan=True)), None)
+    if i is None:
+        if len(a.ops) == len(b.ops):
+            return None
+        i = min(len(a.ops), len(b.ops))  # the label changes how many ops run
+    op = (a.ops if i < len(a.ops) else b.ops)[i]
+    reached = sorted({o["layer"] for o in a.ops[:i] if _varies(o["x"])})
+    return {"op": i, "of": len(a.ops), "layer": op["layer"], "label_free_layers": reached,
+            "redrive": all(l in reached for l in range(op["layer"] + 1)),
+            # a later phase that never drives the first layer again starts from a stored state
+            "first_layer_reused": op["layer"] > 0 and not any(o["layer"] == 0 for o in a.ops[i:])}
+
+
+def probe_phases(rule, watch: WeightWatch | None = None, downstream_vector: bool = False,
+                 relabeled: WeightWatch | None = None) -> ProbeResult:
     """See the module doc. `downstream_vector`: C2a found an error vector arriving from the
     network above; after a single sweep with no other mechanism that is an implicit
-    feedback phase (the error is broadcast after the sweep, as in DFA)."""
+    feedback phase (the error is broadcast after the sweep, as in DFA). `relabeled`: the
+    same step's watch with every label changed (computed when not given)."""
     name, cls = resolve_rule(rule)
     batches = trajectory_batches()
     w = watch if watch is not None else _watch_step(cls, name, batches, STEPS - 1)
+    w2 = relabeled if relabeled is not None else _watch_step(cls, name, batches, STEPS - 1, relabel=True)
+    onset = _label_onset(w, w2)
+    clamped = bool(onset and onset["redrive"])
     b = len(batches[0][0])
     n_layers = len(w.layers)
     rows = [sum(o["rows"] for o in w.ops if o["layer"] == i) for i in range(n_layers)]
@@ -643,22 +687,33 @@ def probe_phases(rule, watch: WeightWatch | None = None, downstream_vector: bool
     if local_ag:
         parts.append(f"{local_ag} autograd call(s) confined to single layers (not a phase)")
     # explicit feedback once per layer is a backward sweep; many more calls are the top-down
-    # input of a relaxation, part of one dynamics and no phase by itself (its phases show as
-    # sweeps of the same stimulus)
+    # input of a relaxation, part of one dynamics and no phase by itself (its phases show as a
+    # free then a clamped phase, below)
     # (a relaxation interleaves its feedback with several forward sweeps)
     backward_sweep = feedback > 0 and (feedback <= n_layers or sweeps <= 1)
     if backward_sweep:
         parts.append(f"a backward sweep of explicit feedback ({feedback} Layer.input_grad call(s))")
     elif feedback:
         parts.append(f"top-down input in a relaxation ({feedback} Layer.input_grad calls: dynamics, not a phase)")
+    if clamped:
+        parts.append(f"a free then a clamped phase (the label first changes an input at op {onset['op']} of "
+                     f"{onset['of']}, to layer {onset['layer']}, after the stimulus had been swept label-free through "
+                     f"layers {', '.join(map(str, onset['label_free_layers']))}: activity computed without the "
+                     "target is computed again under it"
+                     + (", from the stored free state (the first layer is not driven again)"
+                        if onset["first_layer_reused"] else "") + ")")
+    elif onset is not None:
+        parts.append(f"the label enters the activity at op {onset['op']} of {onset['of']} (layer {onset['layer']}), "
+                     "not after a label-free sweep up to that layer")
     implicit = downstream_vector and not (crossing or feedback)
     if implicit:
         parts.append("a feedback phase (an error vector from the network above reaches the updates after the sweep)")
-    separate = side_by_side or paired or resweep or bool(crossing) or backward_sweep or implicit
+    separate = side_by_side or paired or resweep or clamped or bool(crossing) or backward_sweep or implicit
     phases = max(sweeps, 1) + (1 if (crossing or backward_sweep or implicit) else 0)
     data = {"rows": rows, "sweeps": sweeps, "phases": phases, "crossing_backward": len(crossing),
             "local_autograd": local_ag, "input_grad": feedback, "side_by_side": side_by_side,
-            "paired": paired, "resweep": resweep, "outside_drive": sorted(set(w.outside))}
+            "paired": paired, "resweep": resweep, "clamped_phase": clamped, "label_onset": onset,
+            "outside_drive": sorted(set(w.outside))}
     evidence = "step " + str(STEPS - 1) + ": " + ", ".join(parts)
     if separate:
         return ProbeResult("no", evidence, data)
@@ -797,15 +852,16 @@ def probe_rule(rule) -> dict[str, ProbeResult | Exception]:
         return {"_error": e, **{k: e for k in PROBES}}
     try:
         watch = _watch_step(cls, name, batches, STEPS - 1)
+        relabeled = _watch_step(cls, name, batches, STEPS - 1, relabel=True)
     except Exception as e:
-        watch = e
+        watch = relabeled = e
     def vector():
         c2a = out.get("c2a_no_downstream")
         return isinstance(c2a, ProbeResult) and c2a.verdict == "no"
 
     for key, fn in (("c1_no_weight_transport", lambda: probe_weight_transport(cls, ref)),
                     ("c2a_no_downstream", lambda: probe_locality(cls)),
-                    ("c3_single_phase", lambda: probe_phases(cls, watch, vector())),
+                    ("c3_single_phase", lambda: probe_phases(cls, watch, vector(), relabeled)),
                     ("c4_spiking", lambda: probe_spiking(cls, watch)),
                     ("c5_label_free_hidden", lambda: probe_label_free(cls, ref)),
                     ("c6_unsigned_error", lambda: probe_unsigned_error(cls))):
