@@ -109,7 +109,7 @@ def test_equal_networks_are_not_distinguishable():
         bc.add(_source(f"run:{name}", "trained", f"{name} mlp", layer, name))
     res = bc.run()
     line = infer.verdict_lines(res)[0]
-    assert "not distinguishable from each other: a mlp, b mlp, c mlp" in line
+    assert "not distinguishable from each other: all 3 trained networks (a mlp, b mlp, c mlp)" in line
     assert "most brain-like" not in line and ">" not in line
     assert "one seed per rule: seed variance not included" in line
 

@@ -208,6 +208,12 @@ def _p(p: Any) -> str:
     return "p<0.001" if p < 0.001 else f"p={p:.3f}"
 
 
+def _names(groups: list[str], every: list[str]) -> str:
+    if len(every) > 2 and set(groups) == set(every):
+        return f"all {len(every)} trained networks" + (f" ({', '.join(groups)})" if len(groups) <= 4 else "")
+    return ", ".join(groups)
+
+
 def verdict_lines(result: Any, alpha: float = ALPHA) -> list[str]:
     """Plain-text verdicts per target from a `BrainResult` with inference (see the module
     docstring); never names a winner from point estimates."""
@@ -243,7 +249,7 @@ def verdict_lines(result: Any, alpha: float = ALPHA) -> list[str]:
                                                               for a, b, d, p in better))
             n_pairs = len(ranked) * (len(ranked) - 1) // 2
             if not better:
-                parts.append("not distinguishable from each other: " + ", ".join(ranked))
+                parts.append("not distinguishable from each other: " + _names(ranked, ranked))
             elif len(better) < n_pairs:
                 parts.append(f"the other {n_pairs - len(better)} of {n_pairs} rule pairs are not distinguishable")
         datas = sorted({str(summ[g].get("data")) for g in ranked})
@@ -279,14 +285,14 @@ def verdict_lines(result: Any, alpha: float = ALPHA) -> list[str]:
                     continue
                 (above if p < alpha and d > 0 else below if p < alpha else same).append(g)
             if same:
-                parts.append(f"not distinguishable from {word}: " + ", ".join(same))
+                parts.append(f"not distinguishable from {word}: " + _names(same, ranked))
             if above:
                 parts.append(f"above {word}: " + ", ".join(above))
             if below:
                 parts.append(f"below {word}: " + ", ".join(below))
         zero = [g for g in ranked if not (summ[g].get("p_zero") is not None and summ[g]["p_zero"] < alpha)]
         if zero:
-            parts.append("not above zero: " + ", ".join(zero))
+            parts.append("not above zero: " + _names(zero, ranked))
         at_ceiling = [g for g in ranked if summ[g].get("p_ceiling") is not None and np.isfinite(summ[g]["p_ceiling"])
                       and summ[g]["p_ceiling"] >= alpha]
         if at_ceiling:
