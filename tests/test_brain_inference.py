@@ -172,3 +172,43 @@ def test_brain_markdown_escapes_names():
 
     out = markdown(["group"], [[md_text("<img src=x onerror=alert(1)>")]])
     assert "\\<img" in out and not re.search(r"(?<!\\)[<>]", out)
+
+
+def test_partial_spearman_equals_correlation_of_rank_residuals():
+    from scipy.stats import rankdata
+
+    rng = np.random.default_rng(5)
+    ctrl = rng.normal(size=45)
+    model = ctrl + rng.normal(size=45)
+    data = np.stack([ctrl + rng.normal(size=45), model + rng.normal(size=45)])
+    got = infer.partial_spearman(model, data, ctrl)
+
+    def resid(v):
+        r, c = rankdata(v), rankdata(ctrl)
+        x = np.column_stack([np.ones_like(c), c])
+        return r - x @ np.linalg.lstsq(x, r, rcond=None)[0]
+
+    want = [np.corrcoef(resid(model), resid(d))[0, 1] for d in data]
+    np.testing.assert_allclose(got[0], want, atol=1e-12)
+    assert infer.partial_spearman(ctrl, data, ctrl).tolist() == [[0.0, 0.0]]  # nothing left beyond the control
+
+
+def test_compare_fetches_missing_brain_data_with_one_line(tmp_path, monkeypatch):
+    from bioplausible.brain.store import ensure_brain_data, read_status
+    from bioplausible.data import fetch as fetch_mod
+    from bioplausible.experiments.store import Store
+
+    monkeypatch.setenv("BIOPLAUSIBLE_DATA", str(tmp_path / "cache"))
+    calls = []
+
+    def fake_fetch(name, *a, **k):
+        calls.append(name)
+        (tmp_path / "cache" / name).mkdir(parents=True)
+        return tmp_path / "cache" / name
+
+    monkeypatch.setattr(fetch_mod, "fetch", fake_fetch)
+    said = []
+    st = Store(tmp_path / "s.sqlite")
+    assert ensure_brain_data(st, said.append) and calls == ["kriegeskorte92"]
+    assert len(said) == 1 and "fetching kriegeskorte92" in said[0] and read_status(st) == []
+    assert ensure_brain_data(st, said.append) and calls == ["kriegeskorte92"] and len(said) == 1  # present: silent
