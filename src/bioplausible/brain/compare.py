@@ -510,10 +510,10 @@ class BrainComparison:
                     "partial": part, "se": float(np.sqrt(max(tot[gi], 0))) if np.isfinite(tot[gi]) else np.nan,
                     "seed_var": float(gseed[gi]), "p_zero": float(pz[gi]), "p_ceiling": float(pc[gi]),
                     "diff_untrained": du, "p_untrained": pu, "diff_pixels": dp, "p_pixels": pp,
-                    "uninformative": int(g_flat[gi]),
+                    "uninformative": int(g_flat[gi]), "stimuli": self.mapping,
                     "n_boot": self.n_boot, "created": now,
                 })
-        notes = list(self.notes) + [f"{s.key}: {m}" for s in self.sources for m in s.notes] + list(rec.notes)
+        notes = [f"stimulus mapping: {self.mapping} (see bioplausible.brain.stimuli)"] + list(self.notes) + [f"{s.key}: {m}" for s in self.sources for m in s.notes] + list(rec.notes)
         if self.method not in rsa.FAST_METHODS and self.n_boot:
             notes.append(f"{method}: bootstrap ran rsatoolbox on each resample (slow)")
         return BrainResult(
