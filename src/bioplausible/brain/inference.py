@@ -226,7 +226,7 @@ def verdict_lines(result: Any, alpha: float = ALPHA) -> list[str]:
         trained = [g for g, s in summ.items() if s["kind"] == "trained"]
         flat = [g for g in summ if summ[g].get("uninformative")]
         if not getattr(result, "n_boot", 1):
-            lines.append(f"{head}no bootstrap resamples (n_boot 0): no tests, nothing ranked")
+            lines.append(f"{tg}: no bootstrap resamples (n_boot 0): no tests, nothing ranked")
             continue
         if info.get("target_flat"):
             lines.append(f"{head}the brain RDM is flat (constant): uninformative, nothing ranked")
