@@ -42,7 +42,7 @@ def test_dual_bootstrap_and_t_tests_match_rsatoolbox(monkeypatch):
     monkeypatch.setattr(ev, "bootstrap_sample", recording)
     np.random.seed(0)
     res = ev.eval_dual_bootstrap([ModelFixed(f"m{i}", RDMs(m[None])) for i, m in enumerate(models)],
-                                 RDMs(subjects), method="spearman", k_pattern=1, k_rdm=1, N=30)
+                                 RDMs(subjects), method="spearman", k_pattern=1, k_rdm=1, N=20)
     subj_idx = np.stack([d[0] for d in drawn]).astype(int)
     stim_idx = np.stack([d[1] for d in drawn]).astype(int)
     mine = infer.dual_evaluations(models, subjects, stim_idx, subj_idx, "spearman")  # (B, K, 3)
@@ -109,7 +109,7 @@ def test_equal_networks_are_not_distinguishable():
         bc.add(_source(f"run:{name}", "trained", f"{name} mlp", layer, name))
     res = bc.run()
     line = infer.verdict_lines(res)[0]
-    assert "not distinguishable from each other: a mlp, b mlp, c mlp" in line
+    assert "not distinguishable from each other: all 3 trained networks (a mlp, b mlp, c mlp)" in line
     assert "most brain-like" not in line and ">" not in line
     assert "one seed per rule: seed variance not included" in line
 
@@ -172,3 +172,73 @@ def test_brain_markdown_escapes_names():
 
     out = markdown(["group"], [[md_text("<img src=x onerror=alert(1)>")]])
     assert "\\<img" in out and not re.search(r"(?<!\\)[<>]", out)
+
+
+def test_partial_spearman_equals_correlation_of_rank_residuals():
+    from scipy.stats import rankdata
+
+    rng = np.random.default_rng(5)
+    ctrl = rng.normal(size=45)
+    model = ctrl + rng.normal(size=45)
+    data = np.stack([ctrl + rng.normal(size=45), model + rng.normal(size=45)])
+    got = infer.partial_spearman(model, data, ctrl)
+
+    def resid(v):
+        r, c = rankdata(v), rankdata(ctrl)
+        x = np.column_stack([np.ones_like(c), c])
+        return r - x @ np.linalg.lstsq(x, r, rcond=None)[0]
+
+    want = [np.corrcoef(resid(model), resid(d))[0, 1] for d in data]
+    np.testing.assert_allclose(got[0], want, atol=1e-12)
+    assert infer.partial_spearman(ctrl, data, ctrl).tolist() == [[0.0, 0.0]]  # nothing left beyond the control
+
+
+def test_compare_fetches_missing_brain_data_with_one_line(tmp_path, monkeypatch):
+    from bioplausible.brain.store import ensure_brain_data, read_status
+    from bioplausible.data import fetch as fetch_mod
+    from bioplausible.experiments.store import Store
+
+    monkeypatch.setenv("BIOPLAUSIBLE_DATA", str(tmp_path / "cache"))
+    calls = []
+
+    def fake_fetch(name, *a, **k):
+        calls.append(name)
+        (tmp_path / "cache" / name).mkdir(parents=True)
+        return tmp_path / "cache" / name
+
+    monkeypatch.setattr(fetch_mod, "fetch", fake_fetch)
+    said = []
+    st = Store(tmp_path / "s.sqlite")
+    assert ensure_brain_data(st, said.append) and calls == ["kriegeskorte92"]
+    assert len(said) == 1 and "fetching kriegeskorte92" in said[0] and read_status(st) == []
+    assert ensure_brain_data(st, said.append) and calls == ["kriegeskorte92"] and len(said) == 1  # present: silent
+
+
+def test_runs_of_a_store_with_seeds_baselines_and_report(tmp_path, digits):
+    from bioplausible.brain.compare import compare_runs
+    from bioplausible.brain.store import write_result
+    from bioplausible.config import RunConfig
+    from bioplausible.experiments.runner import run
+    from bioplausible.experiments.store import Store
+    from bioplausible.report.tables import read_brain
+
+    st = Store(tmp_path / "s.sqlite")
+    for rule in ("bp", "fa"):
+        for seed in (0, 1):
+            run(RunConfig(rule=rule, model="mlp", data="digits", epochs=1, widths=(16,), seed=seed), st, data=digits)
+    rng = np.random.default_rng(0)
+    n = 24
+    images = rng.integers(0, 256, size=(n, 8, 8), dtype=np.uint8)
+    subj = np.stack([rsa.activation_rdm(rng.normal(size=(n, 10)))[0] for _ in range(3)])
+    rec = R.Recordings("tiny", [f"s{i}" for i in range(n)], images, [str(i % 4) for i in range(n)],
+                       {"area": R.Target("area", subj, ["a", "b", "c"])})
+    res = compare_runs(st, "all", rec, n_boot=40, untrained_seeds=3, references=False)
+    summ = {s["group"]: s for s in res.summary}
+    assert set(summ) == {"bp mlp", "fa mlp", "untrained bp mlp", "untrained fa mlp", "pixels digits"}
+    assert summ["bp mlp"]["n_members"] == 2 and summ["untrained fa mlp"]["n_members"] == 3
+    assert res.baseline_of == {"bp mlp": "untrained bp mlp", "fa mlp": "untrained fa mlp"}
+    assert np.isfinite(summ["bp mlp"]["partial"]) and np.isfinite(summ["bp mlp"]["p_untrained"])
+    assert not res.single_seed and len(infer.verdict_lines(res)) == 1
+    write_result(st, res, selection="all")
+    brain = read_brain(st)
+    assert "4 trained runs" in brain["notes"][0] and brain["verdicts"] == infer.verdict_lines(res)

@@ -1,20 +1,24 @@
-"""Score networks against brain RDMs: layer-wise profile, best layer, intervals, baselines.
+"""Score networks against brain RDMs: layer-wise profile, best layer, baselines, inference.
 
-`BrainComparison` collects *sources* (a trained run, the same architecture untrained with
-several seeds, the classic model RDMs shipped with the data), each a list of layer RDMs,
+`BrainComparison` collects *sources* (a trained run; the same rule and architecture
+untrained, with several seeds; the pixel RDM of exactly the input the networks of one
+training set see; the classic model RDMs shipped with the data), each a list of layer RDMs,
 and scores all of them in one go against every target (brain area), with one shared set of
-bootstrap resamples so that any two sources can be compared by a paired test.
+bootstrap resamples so that any two sources can be compared on the same draws.
 
 For each source x layer x target: similarity over all stimuli (mean over the target's
-subject RDMs), its 95% bootstrap interval, the noise ceiling and the fraction of it.
-For each source x target: the best layer, chosen and scored on different halves of the
-stimuli (see `bioplausible.brain.rsa`), with interval and fraction of the (half-set) noise
-ceiling. Sources are averaged into groups (one table row: a rule over its seeds, the
-untrained baseline of a rule over its seeds, one reference model), and groups are compared
-pairwise (paired bootstrap on the same resamples).
+subject RDMs), its 95% bootstrap interval over stimuli, the noise ceiling and the fraction
+of it. For each source x target: the best layer, chosen and scored on different halves of
+the stimuli (see `bioplausible.brain.rsa`). Sources are averaged into groups (one table row:
+a rule on a model and training set over its seeds, its untrained baseline over its seeds,
+the pixel RDM, one reference model); each group's score gets the dual-bootstrap variance
+(subjects x stimuli) plus its seed variance, a partial score controlling for the pixel RDM,
+and t tests against zero, the noise ceiling, its untrained baseline, the pixel RDM and every
+other group, FDR-corrected (see `bioplausible.brain.inference`, which also writes the
+verdicts).
 
 `score_learner` scores one learner; `compare_runs` scores runs of a results store with
-their untrained baselines (what `bioplausible brain` does).
+their baselines (what `bioplausible brain` and `compare` do).
 """
 
 from __future__ import annotations
@@ -506,10 +510,10 @@ class BrainComparison:
                     "partial": part, "se": float(np.sqrt(max(tot[gi], 0))) if np.isfinite(tot[gi]) else np.nan,
                     "seed_var": float(gseed[gi]), "p_zero": float(pz[gi]), "p_ceiling": float(pc[gi]),
                     "diff_untrained": du, "p_untrained": pu, "diff_pixels": dp, "p_pixels": pp,
-                    "uninformative": int(g_flat[gi]),
+                    "uninformative": int(g_flat[gi]), "stimuli": self.mapping,
                     "n_boot": self.n_boot, "created": now,
                 })
-        notes = list(self.notes) + [f"{s.key}: {m}" for s in self.sources for m in s.notes] + list(rec.notes)
+        notes = [f"stimulus mapping: {self.mapping} (see bioplausible.brain.stimuli)"] + list(self.notes) + [f"{s.key}: {m}" for s in self.sources for m in s.notes] + list(rec.notes)
         if self.method not in rsa.FAST_METHODS and self.n_boot:
             notes.append(f"{method}: bootstrap ran rsatoolbox on each resample (slow)")
         return BrainResult(

@@ -199,13 +199,19 @@ def partial_spearman(model: np.ndarray, data: np.ndarray, control: np.ndarray) -
     den = np.sqrt(np.clip((1 - rmc**2)[:, None] * (1 - rdc**2)[None], 0, None))
     with np.errstate(invalid="ignore", divide="ignore"):
         out = (rmd - rmc[:, None] * rdc[None]) / den
-    return np.where(den > 1e-12, out, 0.0)
+    return np.where(den > 1e-6, out, 0.0)  # a vector the control explains fully: nothing left
 
 
 def _p(p: Any) -> str:
     if p is None or not np.isfinite(p):
         return "p -"
     return "p<0.001" if p < 0.001 else f"p={p:.3f}"
+
+
+def _names(groups: list[str], every: list[str]) -> str:
+    if len(every) > 2 and set(groups) == set(every):
+        return f"all {len(every)} trained networks" + (f" ({', '.join(groups)})" if len(groups) <= 4 else "")
+    return ", ".join(groups)
 
 
 def verdict_lines(result: Any, alpha: float = ALPHA) -> list[str]:
@@ -219,6 +225,9 @@ def verdict_lines(result: Any, alpha: float = ALPHA) -> list[str]:
         head = f"{tg}: " + (info.get("description") or "")
         trained = [g for g, s in summ.items() if s["kind"] == "trained"]
         flat = [g for g in summ if summ[g].get("uninformative")]
+        if not getattr(result, "n_boot", 1):
+            lines.append(f"{tg}: no bootstrap resamples (n_boot 0): no tests, nothing ranked")
+            continue
         if info.get("target_flat"):
             lines.append(f"{head}the brain RDM is flat (constant): uninformative, nothing ranked")
             continue
@@ -243,7 +252,7 @@ def verdict_lines(result: Any, alpha: float = ALPHA) -> list[str]:
                                                               for a, b, d, p in better))
             n_pairs = len(ranked) * (len(ranked) - 1) // 2
             if not better:
-                parts.append("not distinguishable from each other: " + ", ".join(ranked))
+                parts.append("not distinguishable from each other: " + _names(ranked, ranked))
             elif len(better) < n_pairs:
                 parts.append(f"the other {n_pairs - len(better)} of {n_pairs} rule pairs are not distinguishable")
         datas = sorted({str(summ[g].get("data")) for g in ranked})
@@ -279,14 +288,14 @@ def verdict_lines(result: Any, alpha: float = ALPHA) -> list[str]:
                     continue
                 (above if p < alpha and d > 0 else below if p < alpha else same).append(g)
             if same:
-                parts.append(f"not distinguishable from {word}: " + ", ".join(same))
+                parts.append(f"not distinguishable from {word}: " + _names(same, ranked))
             if above:
                 parts.append(f"above {word}: " + ", ".join(above))
             if below:
                 parts.append(f"below {word}: " + ", ".join(below))
         zero = [g for g in ranked if not (summ[g].get("p_zero") is not None and summ[g]["p_zero"] < alpha)]
         if zero:
-            parts.append("not above zero: " + ", ".join(zero))
+            parts.append("not above zero: " + _names(zero, ranked))
         at_ceiling = [g for g in ranked if summ[g].get("p_ceiling") is not None and np.isfinite(summ[g]["p_ceiling"])
                       and summ[g]["p_ceiling"] >= alpha]
         if at_ceiling:

@@ -19,7 +19,7 @@ import numpy as np
 
 __all__ = ["plot_all", "plot_rdms", "plot_scores", "plot_layers"]
 
-COLORS = {"trained": "#1f77b4", "untrained": "#aaaaaa", "reference": "#ff7f0e"}
+COLORS = {"trained": "#1f77b4", "untrained": "#aaaaaa", "pixels": "#555555", "reference": "#ff7f0e"}
 
 
 def _plt():
@@ -66,7 +66,7 @@ def plot_rdms(result: Any, out: Path) -> list[Path]:
     best = {(r["source"]): r["layer_index"] for r in result.rows if r["target"] == t0 and r["best_layer"]}
     for g, s in firsts.items():
         li = best.get(s.key, len(s.layers) - 1)
-        title = f"{g}: {s.layers[li]}" if s.kind == "trained" else f"{g} (model)"
+        title = f"{g}: {s.layers[li]}" if s.kind == "trained" else g if s.kind == "pixels" else f"{g} (model)"
         panels.append((title, to_matrices(s.vectors[li])[0]))
     k = len(panels)
     cols = min(6, k)
@@ -102,7 +102,7 @@ def plot_scores(result: Any, out: Path) -> list[Path]:
     targets = result.targets
     n_groups = max(len(result.summary_for(t)) for t in targets)
     fig, axes = _grid(plt, len(targets), max(4.0, 0.32 * n_groups + 1.5), 4.0)
-    kind_rank = {"trained": 0, "untrained": 1, "reference": 2}
+    kind_rank = {"trained": 0, "untrained": 1, "pixels": 2, "reference": 3}
     for ax, t in zip(axes, targets):
         rows = sorted(result.summary_for(t), key=lambda r: kind_rank.get(r["kind"], 3))
         x = np.arange(len(rows))
@@ -136,7 +136,7 @@ def plot_layers(result: Any, out: Path) -> list[Path]:
     for ax, t in zip(axes, targets):
         names: list[str] = []
         for r in result.summary_for(t):
-            if r["kind"] == "reference":
+            if r["kind"] in ("reference", "pixels"):
                 continue
             prof = r["layer_scores"]
             if len(prof) > len(names):

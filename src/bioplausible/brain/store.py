@@ -112,11 +112,11 @@ _ADDED_COLUMNS = {
     "brain_summary": (("baseline", "TEXT"), ("partial", "REAL"), ("se", "REAL"), ("p_zero", "REAL"),
                       ("p_ceiling", "REAL"), ("diff_untrained", "REAL"), ("p_untrained", "REAL"),
                       ("diff_pixels", "REAL"), ("p_pixels", "REAL"), ("uninformative", "INTEGER"),
-                      ("seed_var", "REAL")),
+                      ("seed_var", "REAL"), ("stimuli", "TEXT")),
     "brain_tests": (("p_fdr", "REAL"), ("se", "REAL"), ("family", "TEXT")),
 }
 _SUMMARY_EXTRA = ("partial", "se", "p_zero", "p_ceiling", "diff_untrained", "p_untrained", "diff_pixels", "p_pixels",
-                  "uninformative", "seed_var")
+                  "uninformative", "seed_var", "stimuli")
 
 
 def ensure_tables(con: sqlite3.Connection) -> None:
