@@ -129,7 +129,7 @@ def _rdm_panels(result) -> list[dict[str, Any]]:
         seen.add(s.group)
         li = best.get(s.key, len(s.layers) - 1)
         m = to_matrices(s.vectors[li])[0]
-        label = f"{s.group}: {s.layers[li]}" if s.kind == "trained" else f"{s.group} (model)"
+        label = f"{s.group}: {s.layers[li]}" if s.kind == "trained" else f"{s.group} ({s.kind})"
         panels.append({"label": label, "kind": s.kind, "n": len(m), "vector": upper(m)})
     return panels
 
