@@ -418,10 +418,9 @@ class ConvRSTDP(DecisionLayer, ConvSTDP):
     reward; the conv layers never see them.
 
     Defaults: the decision at the deadline (``decision="deadline"``) with the confidence-predicted
-    reward (``confidence`` 0.01), fixed rates 0.05 / 0.05 (``adaptive_rates`` off): measured better
-    than Mozafari et al.'s race with adaptive rates (full MNIST, 3 epochs: 94.26% against 91.46%).
-    That run, the rest of what was measured and what was tried and dropped are in
-    docs/notes/stdp.md."""
+    reward (``confidence``), fixed rates (``adaptive_rates`` off): on full MNIST these settings
+    beat Mozafari et al.'s race with adaptive rates by about three points. That run, the rest
+    of what was measured and what was tried and dropped are in docs/notes/stdp.md."""
 
     name = "rstdp"
     description = "Conv R-STDP (Mozafari et al. 2018): conv STDP layers + decision neurons learning from reward"
