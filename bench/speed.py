@@ -1,21 +1,37 @@
-"""Training speed per rule, its ratio to backprop, and the achieved FLOP rate.
+"""Training speed per rule: ms/step, its ratio to backprop, FLOPs per step relative to BP's,
+and the achieved FLOP rate as a fraction of a plain matmul's.
 
     python bench/speed.py [--rules bp,fa,dfa,signsym] [--model mlp] [--batch 256] [--device auto]
-                          [--opt pc.T=8 ...]
+                          [--opt pc.T=8 ...] [--json results.json]
 
-All rules are timed in this one process on the same synthetic MNIST-shaped batches, so the
-ratios to BP are free of machine-to-machine noise. The MLP's training-step FLOP rate
-(6 x multiply-adds per sample: forward, error and weight-gradient products) is compared
-with a plain matmul of the step's largest shape timed in the same run.
+All rules are timed in this one process on the same synthetic MNIST-shaped batches. Each
+rule is timed in rounds; a round times a block of BP steps, a block of the reference matmul,
+a block of the rule's steps and the matmul again, back to back, so a change in the
+machine's load hits all of them (the reference rate is the better of its two blocks). Every
+figure is the median over rounds of the per-round ratio; the spread over rounds is printed
+beside it.
+
+FLOPs per step are counted by `torch.utils.flop_counter.FlopCounterMode` over one training
+step: it sees matrix products and convolutions (forward and backward), not element-wise
+work, so a rule that spends its time in element-wise updates (the spiking rules' membrane
+and trace updates, noise generation) shows a low efficiency: that is what bounds it. The
+reference matmul has the shape of the model's largest product (MLP: batch x 1024 x 1024;
+CNN: the im2col product of the conv layer with the most multiply-adds), so "efficiency" is
+the rule's FLOP rate over the rate this machine reaches on that product in the same round.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import statistics
+import sys
 import time
+from datetime import datetime, timezone
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from bioplausible.algorithms import RULES
 from bioplausible.cli import parse_options as parse_rule_options
@@ -51,17 +67,69 @@ def time_steps(learner, xs, ys, steps, device) -> float:
     return (time.perf_counter() - t0) / steps
 
 
-def time_against_bp(learner, bp, xs, ys, steps, warmup, rounds, device):
-    """(seconds per step of `learner`, of BP, median ratio). The two are timed in alternating
-    blocks, so a change in the machine's load hits both and the per-round ratio stays fair."""
+def count_flops(learner, x, y) -> int:
+    """Floating-point operations of one training step, as FlopCounterMode counts them
+    (matrix products and convolutions; the step is really taken)."""
+    with FlopCounterMode(display=False) as counter:
+        learner.train_step(x, y)
+    return counter.get_total_flops()
+
+
+class Matmul:
+    """The reference product: a (m x k) @ (k x n) matmul, timed in blocks."""
+
+    def __init__(self, m, k, n, device):
+        self.shape, self.device = (m, k, n), device
+        self.a = torch.randn(m, k, device=device)
+        self.b = torch.randn(k, n, device=device)
+        self.flops = 2 * m * k * n
+        self.reps = 3
+        self.rate()  # warm up, and size a block to about 50 ms
+        self.reps = max(3, min(200, int(0.05 * self.rate() / self.flops)))
+
+    def rate(self) -> float:
+        sync(self.device)
+        t0 = time.perf_counter()
+        for _ in range(self.reps):
+            self.a @ self.b
+        sync(self.device)
+        return self.flops * self.reps / (time.perf_counter() - t0)
+
+
+def reference_shape(model, batch, learner) -> tuple[int, int, int]:
+    """(m, k, n) of the model's largest product: batch x 1024 x 1024 for the MLP (its widest
+    layer), the im2col product of the most expensive conv layer for the CNN."""
+    if model == "mlp":
+        return batch, 1024, 1024
+    stack = learner.stack
+    with torch.no_grad():
+        x = torch.zeros(1, *stack.input_shape, device=stack.layers[0].weight.device)
+        _, drives = stack.forward_cache(x)
+    best = (0, None)
+    for layer, a in zip(stack.layers, drives):
+        m = batch * math.prod(a.shape[2:])
+        shape = (m, layer.fan_in, layer.out_features)
+        best = max(best, (math.prod(shape), shape))
+    return best[1]
+
+
+def time_rule(learner, bp, ref, xs, ys, steps, warmup, rounds, device):
+    """Per round: seconds per step of the rule, of BP, and the reference's FLOP rate."""
     time_steps(learner, xs, ys, warmup, device)
     per = max(1, steps // rounds)
-    own, ref = [], []
+    own, base, rate = [], [], []
     for _ in range(rounds):
-        ref.append(time_steps(bp, xs, ys, per, device))
+        base.append(time_steps(bp, xs, ys, per, device))
+        before = ref.rate()
         own.append(time_steps(learner, xs, ys, per, device))
-    ratio = statistics.median(o / r for o, r in zip(own, ref))
-    return statistics.median(own), statistics.median(ref), ratio
+        # the better of the two blocks around the rule's: a load spike during one of them
+        # cannot make the reference look slower than the machine was
+        rate.append(max(before, ref.rate()))
+    return own, base, rate
+
+
+def spread(values):
+    return [min(values), max(values)]
 
 
 def parse_options(items: list[str]) -> dict[str, dict]:
@@ -76,73 +144,109 @@ def parse_options(items: list[str]) -> dict[str, dict]:
     return out
 
 
-def matmul_rate(m, k, n, device, reps=20):
-    a = torch.randn(m, k, device=device)
-    b = torch.randn(k, n, device=device)
-    for _ in range(3):
-        a @ b
-    sync(device)
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    sync(device)
-    return 2 * m * k * n * reps / (time.perf_counter() - t0)
+def summarise(rule, flops, bp_flops, own, base, rate, batch) -> dict:
+    """One rule's figures from its per-round timings (medians of per-round ratios)."""
+    ratios = [o / b for o, b in zip(own, base)]
+    effs = [flops / o / r for o, r in zip(own, rate)]
+    dt = statistics.median(own)
+    return {
+        "rule": rule,
+        "ms_step": dt * 1e3,
+        "samples_s": batch / dt,
+        "ratio_bp": statistics.median(ratios),
+        "ratio_bp_spread": spread(ratios),
+        "flops_step": flops,
+        "flops_ratio_bp": flops / bp_flops if bp_flops else None,
+        "gflops_s": flops / dt / 1e9,
+        "efficiency": statistics.median(effs),
+        "efficiency_spread": spread(effs),
+        "matmul_gflops_s": statistics.median(rate) / 1e9,
+    }
 
 
-def main():
+def print_table(rows, ref_shape):
+    print(f"{'rule':10s} {'ms/step':>8s} {'x BP time':>10s} {'(spread)':>13s} {'x BP FLOPs':>10s} {'GFLOP/s':>8s} "
+          f"{'of matmul':>9s} {'(spread)':>15s}")
+    for r in rows:
+        lo, hi = r["ratio_bp_spread"]
+        elo, ehi = r["efficiency_spread"]
+        fr = f"{r['flops_ratio_bp']:10.2f}" if r["flops_ratio_bp"] is not None else f"{'-':>10s}"
+        print(f"{r['rule']:10s} {r['ms_step']:8.1f} {r['ratio_bp']:10.2f} {f'({lo:.2f}-{hi:.2f})':>13s} {fr} "
+              f"{r['gflops_s']:8.1f} {r['efficiency']:9.1%} {f'({elo:.0%}-{ehi:.0%})':>15s}")
+    m, k, n = ref_shape
+    rates = [r["matmul_gflops_s"] for r in rows]
+    print(f"\nreference matmul {m}x{k} @ {k}x{n}: {min(rates):.1f}-{max(rates):.1f} GFLOP/s (median per rule's rounds). "
+          "Ratios and efficiencies are medians over rounds of per-round ratios; FLOPs as FlopCounterMode counts "
+          "them (matrix products and convolutions only).")
+
+
+def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rules", default=",".join(RULES))
     ap.add_argument("--model", default="mlp", choices=["mlp", "cnn"])
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=5)
-    ap.add_argument("--rounds", type=int, default=5, help="alternating BP/rule timing blocks per rule")
+    ap.add_argument("--rounds", type=int, default=5, help="alternating BP/rule/matmul timing rounds per rule")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--opt", action="append", default=[], metavar="RULE.KEY=VALUE",
                     help="a rule option, e.g. pc.T=8 (repeatable; VALUE is read as JSON when it parses)")
-    args = ap.parse_args()
+    ap.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE ('-': stdout)")
+    args = ap.parse_args(argv)
     options = parse_options(args.opt)
+    rules = [r for r in args.rules.split(",") if r]
+    unknown = [r for r in rules if r not in RULES]
+    if unknown:
+        print(f"--rules: unknown rule(s) {', '.join(unknown)}; known: {', '.join(RULES)}", file=sys.stderr)
+        raise SystemExit(2)
+    try:
+        device = resolve_device(args.device)
+    except ValueError as e:
+        print(e, file=sys.stderr)
+        raise SystemExit(2) from None
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
-    rules = [r for r in args.rules.split(",") if r]
     if "bp" in rules:
         rules.remove("bp")
     rules.insert(0, "bp")
     input_shape = (1, 28, 28)
     widths = (1024, 512, 256)
     print(f"device {device}, model {args.model}, batch {args.batch}, torch threads {torch.get_num_threads()}"
-          + (f", options {options}" if options else ""))
+          + (f", options {options}" if options else ""), flush=True)
     xs, ys = make_batches(args.batch, device, input_shape)
     bp = make_learner("bp", args.model, args.batch, device, widths, input_shape)
+    bp_flops = count_flops(bp, xs[0], ys[0])
+    ref_shape = reference_shape(args.model, args.batch, bp)
+    ref = Matmul(*ref_shape, device)
     time_steps(bp, xs, ys, args.warmup, device)
-    results, ratios = {}, {}
+    rows, skipped = [], {}
     for rule in rules:
         try:
             learner = bp if rule == "bp" else make_learner(rule, args.model, args.batch, device, widths, input_shape,
                                                            options)
-            dt, _, ratio = time_against_bp(learner, bp, xs, ys, args.steps, args.warmup, args.rounds, device)
+            flops = bp_flops if rule == "bp" else count_flops(learner, xs[0], ys[0])
+            timings = time_rule(learner, bp, ref, xs, ys, args.steps, args.warmup, args.rounds, device)
         except Exception as e:  # a rule that can't run this model is reported, not fatal
-            print(f"{rule:10s} skipped: {type(e).__name__}: {str(e).splitlines()[0]}")
+            skipped[rule] = f"{type(e).__name__}: {str(e).splitlines()[0]}"
+            print(f"{rule:10s} skipped: {skipped[rule]}", flush=True)
             continue
-        results[rule], ratios[rule] = dt, ratio
-    print(f"{'rule':10s} {'ms/step':>9s} {'samples/s':>11s} {'x BP time':>10s}   (ratio: median over rounds of "
-          f"alternating BP/rule blocks)")
-    for rule, dt in results.items():
-        print(f"{rule:10s} {dt * 1e3:9.2f} {args.batch / dt:11.0f} {ratios[rule]:10.2f}")
-    if args.model == "mlp" and "bp" in results:
-        sizes = [784, *widths, 10]
-        macs = sum(a * b for a, b in zip(sizes, sizes[1:]))
-        step_flops = 6 * macs * args.batch
-        peak = matmul_rate(args.batch, 1024, 1024, device)
-        peak_big = matmul_rate(2048, 2048, 2048, device, reps=5)
-        print(f"\nplain matmul {args.batch}x1024x1024: {peak / 1e9:.1f} GFLOP/s; 2048^3: {peak_big / 1e9:.1f} GFLOP/s")
-        for rule in ("bp", "fa", "dfa", "signsym"):
-            if rule in results:
-                rate = step_flops / results[rule]
-                print(f"{rule:10s} training step {rate / 1e9:7.1f} GFLOP/s = {rate / peak:6.1%} of the same-shape "
-                      f"matmul, {rate / peak_big:6.1%} of the 2048^3 matmul")
+        rows.append(summarise(rule, flops, bp_flops, *timings, args.batch))
+    print_table(rows, ref_shape)
+    if args.json:
+        out = {
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "torch": torch.__version__, "device": str(device), "model": args.model, "batch": args.batch,
+            "threads": torch.get_num_threads(), "options": options, "steps": args.steps, "rounds": args.rounds,
+            "flops_counted_by": "torch.utils.flop_counter.FlopCounterMode (matmul and convolution only)",
+            "reference_matmul": list(ref_shape), "rules": rows, "skipped": skipped,
+        }
+        text = json.dumps(out, indent=2)
+        if args.json == "-":
+            print(text)
+        else:
+            with open(args.json, "w") as f:
+                f.write(text + "\n")
 
 
 if __name__ == "__main__":

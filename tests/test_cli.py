@@ -36,16 +36,16 @@ def test_run_then_results(tmp_path):
 
 def test_bad_input_gives_one_clear_line(tmp_path):
     r = runner.invoke(app, ["run", "--rule", "nope", "--store", str(tmp_path / "s.sqlite")])
-    assert r.exit_code == 1 and "unknown rule 'nope'" in r.output and "Traceback" not in r.output
+    assert r.exit_code == 2 and "unknown rule 'nope'" in r.output and "Traceback" not in r.output
     r = runner.invoke(app, ["run", "--rule", "fa", "--epochs", "0", "--store", str(tmp_path / "s.sqlite")])
-    assert r.exit_code == 1 and "--epochs" in r.output
+    assert r.exit_code == 2 and "--epochs" in r.output
     r = runner.invoke(app, ["run", "--rule", "fa", "--data", "cifar10", "--data-dir", str(tmp_path / "none"),
                             "--store", str(tmp_path / "s.sqlite")])
-    assert r.exit_code == 1 and "not found" in r.output and str(tmp_path / "none") in r.output.replace("\n", "")
+    assert r.exit_code == 2 and "not found" in r.output and str(tmp_path / "none") in r.output.replace("\n", "")
     r = runner.invoke(app, ["results", "--store", str(tmp_path / "missing.sqlite")])
-    assert r.exit_code == 1 and "no results store" in r.output
+    assert r.exit_code == 2 and "no results store" in r.output
     r = runner.invoke(app, ["run", "--rule", "fa", "--device", "tpu", "--store", str(tmp_path / "s.sqlite")])
-    assert r.exit_code == 1 and "--device" in r.output
+    assert r.exit_code == 2 and "--device" in r.output
 
 
 def test_list_options_prints_each_architectures_options():

@@ -2,7 +2,7 @@
 no cycles, and no import from a lower layer to a higher one.
 
 Layers, low to high: paths; data, models; config; algorithms; criteria, experiments; brain,
-report; the compare pipeline; the command line (cli.py and every subpackage's cli.py, the
+report, the Python API (api.py); the compare pipeline; the command line (cli.py and every subpackage's cli.py, the
 typer glue). Layers of one rank do not import each other either."""
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ import pytest
 PKG = Path(__file__).resolve().parent.parent / "src" / "bioplausible"
 
 RANKS = {
-    "root": 0, "paths": 0,  # bioplausible/__init__.py (the version) and where files live
+    "root": 0, "paths": 0, "errors": 0,  # bioplausible/__init__.py (the version), where files live, the error line
     "data": 1, "models": 1,
     "config": 2,
     "algorithms": 3,
     "criteria": 4, "experiments": 4,
-    "brain": 5, "report": 5,
+    "brain": 5, "report": 5, "api": 5,
     "pipeline": 6,
     "cli": 7,
 }

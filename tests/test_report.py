@@ -137,7 +137,7 @@ def test_report_cli(store, tmp_path):
     md = (out / "accuracy.md").read_text()
     assert "fa" in md and "| bp" not in md
     r = CliRunner().invoke(app, ["report", "--store", str(tmp_path / "none.sqlite"), "--out", str(out)])
-    assert r.exit_code == 1 and "no results store" in r.output
+    assert r.exit_code == 2 and "no results store" in r.output
 
 
 def _chromium() -> str | None:

@@ -60,9 +60,18 @@ def test_diverged_run_is_recorded_not_raised(tmp_path, digits):
     assert store.has(cfg.key())  # a diverged run counts as finished
 
 
-def test_failed_run_records_reason(tmp_path, digits):
+def test_failed_run_records_reason(tmp_path, digits, monkeypatch):
+    import bioplausible.experiments.runner as runner_mod
+
+    with pytest.raises(ValueError, match="nonsense"):  # a bad option is refused before any run
+        _cfg(rule_options={"nonsense": 1})
     store = Store(tmp_path / "s.sqlite")
-    cfg = _cfg(rule_options={"nonsense": 1})
+    cfg = _cfg()
+
+    def boom(*a, **k):
+        raise RuntimeError("nonsense in the network")
+
+    monkeypatch.setattr(runner_mod, "build_learner", boom)
     row = run(cfg, store, data=digits)
     assert row["status"] == "failed" and "nonsense" in row["reason"]
     assert not store.has(cfg.key())  # failed runs are retried

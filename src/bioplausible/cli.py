@@ -8,21 +8,64 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+import click
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from typer.core import TyperGroup
 
+from .errors import fail
 from .paths import DEFAULT_STORE
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help="Biologically plausible learning rules, compared with backprop.")
+
+
+def user_error(e: BaseException) -> str | None:
+    """The one line to show for an exception that is the user's to fix (a bad file, option,
+    store, checkpoint), or None for one that is a bug and should keep its traceback."""
+    import sqlite3
+
+    from pydantic import ValidationError
+
+    from .config import ConfigError, config_error
+    from .data.base import DataError
+    from .experiments.runner import CheckpointError
+    from .experiments.store import StoreError
+    from .experiments.sweep import SweepError
+
+    if isinstance(e, ValidationError):
+        return str(config_error(e))
+    if isinstance(e, (DataError, StoreError, SweepError, CheckpointError, ConfigError)):
+        return str(e)
+    if isinstance(e, OSError):
+        return f"{e.filename}: {e.strerror or e}" if e.filename else str(e)
+    if isinstance(e, sqlite3.Error):
+        return f"results store: {e}"
+    if isinstance(e, MemoryError):
+        return "out of memory (a setting is far too large?)"
+    return None
+
+
+class _Group(TyperGroup):
+    """Every command's exceptions pass here: the user's mistakes become one line and exit 2."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort, KeyboardInterrupt):
+            raise
+        except Exception as e:
+            msg = user_error(e)
+            if msg is None:
+                raise
+            fail(msg)
+
+
+app = typer.Typer(cls=_Group, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help="Biologically plausible learning rules, compared with backprop.")
 console = Console()
 err_console = Console(stderr=True)
 
 
-def fail(msg: str) -> None:
-    """One clear line and exit 1: bad input is the user's to fix, not a traceback to read."""
-    err_console.print(f"[bold red]error:[/] {msg}", highlight=False, markup=True)
-    raise typer.Exit(1)
 
 
 def parse_options(items: list[str]) -> dict:
@@ -72,12 +115,14 @@ def run(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from .algorithms import resolve as resolve_rule
-    from .config import RunConfig
+    from .config import RunConfig, config_error
     from .data import DataError
     from .experiments.fingerprint import code_fingerprint
-    from .experiments.runner import execute, resolve_device
+    from .experiments.runner import execute, resolve_device, with_data_identity
     from .experiments.store import Store
 
+    # Everything is checked before anything is recorded or trained: settings, device, data
+    # (and its digest, part of the run's id), and that the store can take the row.
     try:
         cfg = RunConfig(
             rule=rule, model=model, data=data, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
@@ -87,23 +132,23 @@ def run(
         cfg = resolve_rule(cfg)
         dev = resolve_device(device)
     except ValidationError as e:
-        first = e.errors()[0]
-        fail(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}")
+        fail(str(config_error(e)))
     except ValueError as e:
         fail(str(e))
-    st = Store(store)
-    if not force and st.has(cfg.key(), code=code_fingerprint(cfg.rule)):
-        console.print(f"run {cfg.key()} ({rule}/{model}/{data}, seed {seed}) is already recorded in {store} by this "
-                      "code; --force to run again")
-        return
     try:
         from .data import load
 
+        cfg = with_data_identity(cfg)
+        st = Store(store)
+        if not force and st.has(cfg.key(), code=code_fingerprint(cfg.rule)):
+            console.print(f"run {cfg.key()} ({rule}/{model}/{data}, seed {seed}) is already recorded in "
+                          f"{escape(str(store))} by this code; --force to run again", highlight=False)
+            return
         dataset = load(cfg.data, cfg.data_dir, cfg.val_fraction)
     except DataError as e:
         fail(str(e))
     steps = (len(dataset.x_train) + batch_size - 1) // batch_size
-    console.print(f"[bold]{rule}[/] on {model}/{data}, {epochs} epochs, device {dev}, run id {cfg.key()}")
+    console.print(f"[bold]{rule}[/] on {model}/{data}, {epochs} epochs, device {dev}, run id {cfg.key()}", highlight=False)
     with Progress(TextColumn("epoch {task.fields[epoch]}/{task.fields[epochs]}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console, transient=False) as prog:
         task = prog.add_task("train", total=steps, epoch=1, epochs=epochs, info="")
@@ -119,13 +164,17 @@ def run(
 
         row = execute(cfg, data=dataset, on_step=on_step, on_epoch=on_epoch, checkpoint_dir=st.path.parent / "checkpoints")
     epochs_rows = row.pop("_epochs")
-    st.record(row, epochs_rows)
+    written = st.record(row, epochs_rows)
+    where = escape(str(store))
     if row["status"] == "done":
         m = row["metrics"]
         console.print(f"done: test accuracy {m['test_acc']:.2%} (val {m['val_acc']:.2%}), "
-                      f"{row['samples_per_s']:.0f} samples/s, recorded in {store}")
+                      f"{row['samples_per_s']:.0f} samples/s, recorded in {where}", highlight=False)
     else:
-        console.print(f"[yellow]{row['status']}[/]: {row['reason'].splitlines()[0]} (recorded in {store})")
+        kept = "" if written else "; the earlier finished run is kept"
+        console.print(f"[yellow]{row['status']}[/]: {escape(row['reason'].splitlines()[0])} "
+                      f"(recorded in {where}{kept})" if written else
+                      f"[yellow]{row['status']}[/]: {escape(row['reason'].splitlines()[0])}{kept}", highlight=False)
         raise typer.Exit(2 if row["status"] == "failed" else 0)
 
 
@@ -229,7 +278,7 @@ def results(
     if not store.exists():
         fail(f"no results store at {store} (run something first, or pass --store)")
     try:
-        rows = results_rows(Store(store).select(runs))
+        rows = results_rows(Store(store, readonly=True).select(runs))
     except StoreError as e:
         fail(str(e))
     if format == "csv":
@@ -244,11 +293,11 @@ def results(
         for r in rows:
             print("| " + " | ".join(_fmt(r[c]) for c in RESULT_COLUMNS) + " |")
     else:
-        t = Table(title=f"runs in {store}")
+        t = Table(title=f"runs in {escape(str(store))}")
         for c in RESULT_COLUMNS:
             t.add_column(c)
         for r in rows:
-            t.add_row(*(_fmt(r[c]) for c in RESULT_COLUMNS))
+            t.add_row(*(escape(_fmt(r[c])) for c in RESULT_COLUMNS))
         console.print(t)
 
 

@@ -22,8 +22,9 @@ err_console = Console(stderr=True)
 
 
 def _fail(msg: str) -> None:
-    err_console.print(f"[bold red]error:[/] {escape(str(msg))}", highlight=False)
-    raise typer.Exit(1)
+    from .errors import fail
+
+    fail(msg)
 
 
 def _split(s: Optional[str]) -> list[str] | None:
@@ -134,10 +135,9 @@ def _rdm_panels(result) -> list[dict[str, Any]]:
 
 
 def _brain_step(store, run_ids: list[str], n_boot: int, untrained_seeds: int | None = None) -> None:
-    from .paths import data_home
+    from .brain.store import ensure_brain_data
 
-    if not (data_home() / "kriegeskorte92").exists():
-        console.print("brain data absent: run bioplausible data fetch kriegeskorte92 (brain comparison skipped)")
+    if not ensure_brain_data(store, lambda m: console.print(escape(m), highlight=False)):
         return
     from .brain.compare import compare_runs
     from .brain.recordings import load_recordings
@@ -203,6 +203,8 @@ def compare_main(
                 _fail(f"--seeds expects integers separated by commas, got {seeds!r}")
         sweep = sw_mod.restrict(sweep, _split(rules), _split(models), _split(datasets), seeds_l)
         resolve_device(device)
+        if ray:
+            sw_mod.check_ray_address(ray)
         cells, skipped = sw_mod.expand(sweep, device=device)
     except (sw_mod.SweepError, ValueError) as e:
         _fail(str(e))
@@ -246,11 +248,12 @@ def compare_main(
                 sw_mod.run_pool(pending, store, jobs, on_event=display, threads=threads, max_retries=max_retries)
             else:
                 sw_mod.run_sequential(pending, store, on_event=display, threads=threads)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, sw_mod.ClusterLost) as e:
         n_now = sum(c.recorded(store) for c in cells)
-        err_console.print(f"interrupted: {n_now} of {len(cells)} runs recorded; "
-                          "run the same command again to resume")
-        raise typer.Exit(130)
+        why = f" (the Ray cluster went away: {escape(str(e))})" if isinstance(e, sw_mod.ClusterLost) else ""
+        err_console.print(f"interrupted{why}: {n_now} of {len(cells)} runs recorded; "
+                          "run the same command again to resume", highlight=False, soft_wrap=True)
+        raise typer.Exit(130 if isinstance(e, KeyboardInterrupt) else 1)
     c = display.counts
     console.print(f"grid finished in {time.perf_counter() - t0:.0f} s: {c['done']} done, {c['diverged']} diverged, "
                   f"{c['failed']} failed, {c['lost']} lost (lost and failed runs are retried by the next compare)")

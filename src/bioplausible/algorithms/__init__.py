@@ -104,8 +104,7 @@ def resolve(cfg: RunConfig) -> RunConfig:
 
     The stored config then says what ran, and a run's key changes when a rule's default does
     (a store must not answer "already done" with a run of another network). Options that do
-    not validate are kept as given: the learner names the bad one when the run starts (and
-    the run is recorded as failed). Raises ValueError for an unknown rule."""
+    not validate raise ValueError naming the option, as does an unknown rule."""
     _check(cfg.rule)
     archs = architectures(cfg.rule)
     rule = get(cfg.rule, cfg.model if cfg.model in archs else None)
@@ -114,8 +113,12 @@ def resolve(cfg: RunConfig) -> RunConfig:
         update["act"] = rule.default_act
     try:
         update["rule_options"] = rule.Options(**cfg.rule_options).model_dump(mode="json")
-    except (ValidationError, TypeError):
-        pass
+    except ValidationError as e:
+        # refused here, before anything is recorded: a bad option is the user's to fix, not a
+        # failed row per attempt; the message names the option
+        err = e.errors()[0]
+        key = ".".join(str(p) for p in err["loc"]) or "?"
+        raise ValueError(f"--opt {key}={err.get('input')!r}: {err['msg']} (options of rule {cfg.rule!r})") from None
     if not update:
         return cfg
     # validated again (not model_copy), so the result equals a config read back from the store

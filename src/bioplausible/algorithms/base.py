@@ -33,9 +33,13 @@ class Learner(nn.Module):
     architectures: ClassVar[tuple[str, ...]] = ("mlp", "cnn")
     default_act: ClassVar[str] = "relu"
     description: ClassVar[str] = ""
+    # why the rule cannot train a network the user built (models.sequential); "" if it can
+    own_network: ClassVar[str] = ""
 
     def __init__(self, stack: Stack, cfg: RunConfig) -> None:
         super().__init__()
+        if getattr(stack, "custom", False) and self.own_network:
+            raise ValueError(f"rule {self.name!r} cannot train a network of your own: {self.own_network}")
         if stack.arch not in self.architectures:
             raise ValueError(
                 f"rule {self.name!r} does not support model {stack.arch!r} "

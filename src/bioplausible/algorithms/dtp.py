@@ -96,10 +96,11 @@ class Inverse(nn.Module):
             self.weight = nn.Parameter(torch.empty(n_out, n_in))
             fan_in = n_in
         else:
-            self.padding = upper.padding
-            k = upper.kernel_size
-            self.weight = nn.Parameter(torch.empty(lower.out_features, upper.out_features, k, k))
-            fan_in = upper.out_features * k * k
+            kh, kw = (upper.kernel_size,) * 2 if isinstance(upper.kernel_size, int) else upper.kernel_size
+            # "same" padding, whatever the forward layer's: the inverse works at the size below
+            self.padding = (kh // 2, kw // 2)
+            self.weight = nn.Parameter(torch.empty(lower.out_features, upper.out_features, kh, kw))
+            fan_in = upper.out_features * kh * kw
         self.bias = nn.Parameter(torch.empty(self.out_shape[0] if upper.kind == "conv" else math.prod(out_shape)))
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
         nn.init.uniform_(self.bias, -1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in))
@@ -112,6 +113,8 @@ class Inverse(nn.Module):
                 # undo the pooling to the exact size below (pooling floors odd sizes: 7x7 -> 3x3)
                 h = F.interpolate(h, size=self.out_shape[1:], mode="nearest")
             a = F.conv2d(h, self.weight, self.bias, padding=self.padding)
+            if tuple(a.shape[-2:]) != self.out_shape[1:]:  # an even kernel: one row/column more
+                a = F.interpolate(a, size=self.out_shape[1:], mode="nearest")
         return ACTIVATIONS[self.act](a)
 
 
@@ -217,9 +220,10 @@ class DifferenceTargetProp(Learner):
 
     @torch.no_grad()
     def _forward_states(self, x: torch.Tensor):
-        inputs, drives = self.stack.forward_cache(x)
-        out = self.stack.layers[-1].post(drives[-1])
-        return inputs + [out], drives
+        """(hs, backs): every layer's input and the output, and each layer's local backward
+        map from this pass (kept, so the update does not pool and activate again)."""
+        inputs, _, backs, out = self.stack.forward_local(x)
+        return inputs + [out], backs
 
     def train_feedback(self, hs: list[torch.Tensor]) -> torch.Tensor:
         """One step of feedback training at the forward states hs; returns the summed loss."""
@@ -264,9 +268,9 @@ class DifferenceTargetProp(Learner):
 
     @torch.no_grad()
     def compute_grads(self, x: torch.Tensor, y: torch.Tensor, states=None):
-        """Layer-local updates {param: grad} from the targets; `states` = (hs, drives) of
-        x's forward pass when the caller already has them."""
-        hs, drives = states if states is not None else self._forward_states(x)
+        """Layer-local updates {param: grad} from the targets; `states` = (hs, backs) of
+        x's forward pass (`_forward_states`) when the caller already has them."""
+        hs, backs = states if states is not None else self._forward_states(x)
         ts = self.targets(hs, y)
         grads: dict = {}
         n = len(x)
@@ -274,7 +278,7 @@ class DifferenceTargetProp(Learner):
         for l, layer in enumerate(self.stack.layers):
             diff = hs[l + 1] - ts[l]  # d/dh of 1/2 ||h_l - t_l||^2
             dist.append(diff.pow(2).flatten(1).sum(1).mean())
-            delta = layer.post_backward(drives[l], diff) / n
+            delta = backs[l](diff) / n
             gw, gb = layer.weight_grad(delta, hs[l])
             grads[layer.weight] = gw
             if layer.bias is not None:
@@ -283,7 +287,7 @@ class DifferenceTargetProp(Learner):
 
     def train_step(self, x, y):
         with torch.no_grad():
-            hs, drives = self._forward_states(x)
+            hs, backs = self._forward_states(x)
         rec = torch.zeros((), device=x.device)
         for _ in range(self.opts.fb_steps):
             rec = self.train_feedback(hs)
@@ -292,7 +296,7 @@ class DifferenceTargetProp(Learner):
         loss = F.cross_entropy(logits, y)
         # (reading the counter syncs with the device: only when pre-training is asked for)
         if self.opts.fb_pretrain == 0 or int(self.batches_seen) >= self.opts.fb_pretrain:
-            grads, _, dist = self.compute_grads(x, y, (hs, drives))
+            grads, _, dist = self.compute_grads(x, y, (hs, backs))
             self.apply_updates(grads)
             # mean squared distance of the hidden layers to their targets
             out["target_dist"] = torch.stack(dist[:-1]).mean() if len(dist) > 1 else dist[0]

@@ -87,7 +87,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from .claims import Claims, no, partial, yes
+from .claims import Claims, no, yes
 from .base import Learner
 
 
@@ -130,8 +130,8 @@ class EquilibriumPropagation(Learner):
         ),
         c4_spiking=no("real-valued rates"),
         c5_label_free_hidden=no("the label nudges the output, and through the dynamics every layer"),
-        c6_unsigned_error=partial(
-            "no error signal is sent, but the update is a signed difference between phases"
+        c6_unsigned_error=no(
+            "no error signal is sent, but the update is a difference between phases of mixed sign across units"
         ),
     )
 
@@ -145,6 +145,8 @@ class EquilibriumPropagation(Learner):
         self.K = len(layers) - 1 if o.loss == "ce" else len(layers)
         if self.K < 1:
             raise ValueError("EP needs at least one hidden layer")
+        if any(l.pool > 1 and l.pool_kind != "max" for l in layers):
+            raise ValueError("ep: only max-pooling is supported (its states route through the pool's argmax)")
         if o.loss == "mse" and layers[-1].act != "hardsigmoid01":
             # the output is a state of the network here and must be bounded like the others
             layers[-1].act = "hardsigmoid01"
@@ -205,13 +207,21 @@ class EquilibriumPropagation(Learner):
     @torch.no_grad()
     def relax(self, x, s: list[torch.Tensor], steps: int, beta: float = 0.0, onehot=None):
         """Iterate the fixed-point map for at most `steps` steps; returns (states, steps run)."""
+        s, t, _ = self._relax(x, s, steps, beta, onehot)
+        return s, t
+
+    def _relax(self, x, s: list[torch.Tensor], steps: int, beta: float = 0.0, onehot=None, cache=None):
+        """`relax`, also taking and returning `cache` = (drives, routes) of every layer at the
+        states (from `_bottom_up`), so the phases that follow need not recompute them."""
         K, tol, omega = self.K, self.opts.tol, self.opts.omega
         s = list(s)
         # pooling routes of every layer at the current states (route[l] depends on s_{l-1} only)
-        drive: list = [None] * K
-        route: list = [None] * K
-        for l in range(K):
-            drive[l], route[l] = self._bottom_up(l, x if l == 0 else s[l - 1])
+        if cache is not None:
+            drive, route = list(cache[0]), list(cache[1])
+        else:
+            drive, route = [None] * K, [None] * K
+            for l in range(K):
+                drive[l], route[l] = self._bottom_up(l, x if l == 0 else s[l - 1])
         groups = [list(range(0, K, 2)), list(range(1, K, 2))] if self.opts.update == "alternate" else [list(range(K))]
         groups = [g for g in groups if g]
         t = 0
@@ -238,20 +248,43 @@ class EquilibriumPropagation(Learner):
                     drive[l], route[l] = self._bottom_up(l, s[l - 1])
             if tol > 0 and change.item() < tol:
                 break
-        return s, t
+        # every drive and route is current here: each group's update refreshed those above it
+        return s, t, (drive, route)
 
     def free_phase(self, x: torch.Tensor, steps: int | None = None):
-        return self.relax(x, self.initial_state(x), steps or self.opts.T1)
+        s, t, _ = self._free_phase(x, steps)
+        return s, t
+
+    @torch.no_grad()
+    def _free_phase(self, x: torch.Tensor, steps: int | None = None):
+        if self.opts.init != "forward":
+            return self._relax(x, self.initial_state(x), steps or self.opts.T1)
+        # the feedforward sweep's drives are the relaxation's first drives: computed once
+        s, drive, route, inp = [], [], [], x
+        for l in range(self.K):
+            a, r = self._bottom_up(l, inp)
+            drive.append(a)
+            route.append(r)
+            s.append(a.clamp(0, 1))
+            inp = s[-1]
+        return self._relax(x, s, steps or self.opts.T1, cache=(drive, route))
 
     # -- learning ---------------------------------------------------------------------------
     @torch.no_grad()
-    def _dphi_dw(self, x, s) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
-        """dPhi/dW_l, dPhi/db_l summed over the batch: the post x pre correlation per synapse."""
+    def _dphi_dw(self, x, s, routes=None) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        """dPhi/dW_l, dPhi/db_l summed over the batch: the post x pre correlation per synapse.
+        `routes`: the pools' argmax at these states, when the relaxation has them."""
         out = []
         for l in range(self.K):
             inp = x if l == 0 else s[l - 1]
-            _, route = self._bottom_up(l, inp)  # only for the pooling's argmax at this state
-            out.append(self.stack.layers[l].weight_grad(self._route(l, s[l], route), inp))
+            layer = self.stack.layers[l]
+            if routes is not None:
+                route = routes[l]
+            elif layer.kind == "conv" and layer.pool > 1:
+                _, route = self._bottom_up(l, inp)  # only for the pooling's argmax at this state
+            else:
+                route = None
+            out.append(layer.weight_grad(self._route(l, s[l], route), inp))
         return out
 
     def scores(self, s: list[torch.Tensor]) -> torch.Tensor:
@@ -265,7 +298,7 @@ class EquilibriumPropagation(Learner):
         o = self.opts
         beta = o.beta if beta is None else beta
         layers = self.stack.layers
-        s0, t_free = self.free_phase(x)
+        s0, t_free, c0 = self._free_phase(x)
         out = self.scores(s0)
         onehot = F.one_hot(y, layers[-1].out_features).to(out.dtype)
         if o.loss == "mse":
@@ -275,15 +308,16 @@ class EquilibriumPropagation(Learner):
             loss = F.cross_entropy(out, y)
         n = len(x)
         if o.symmetric:
-            sp, t_pos = self.relax(x, s0, o.T2, beta, onehot)
-            sm, t_neg = self.relax(x, s0, o.T2, -beta, onehot)
-            hi, lo, denom, t_nudge = sp, sm, 2 * beta, (t_pos + t_neg) / 2
+            # both nudged phases start from the free equilibrium, with its drives
+            sp, t_pos, cp = self._relax(x, s0, o.T2, beta, onehot, c0)
+            sm, t_neg, cm = self._relax(x, s0, o.T2, -beta, onehot, c0)
+            hi, lo, denom, t_nudge = (sp, cp), (sm, cm), 2 * beta, (t_pos + t_neg) / 2
         else:
             if o.random_sign and torch.rand((), generator=self._gen).item() < 0.5:
                 beta = -beta
-            sb, t_nudge = self.relax(x, s0, o.T2, beta, onehot)
-            hi, lo, denom = sb, s0, beta
-        g_hi, g_lo = self._dphi_dw(x, hi), self._dphi_dw(x, lo)
+            sb, t_nudge, cb = self._relax(x, s0, o.T2, beta, onehot, c0)
+            hi, lo, denom = (sb, cb), (s0, c0), beta
+        g_hi, g_lo = self._dphi_dw(x, hi[0], hi[1][1]), self._dphi_dw(x, lo[0], lo[1][1])
         grads: dict[nn.Parameter, torch.Tensor | None] = {}
         for l in range(self.K):
             # -(1/beta)[dPhi/dW(s^beta) - dPhi/dW(s^0)], averaged over the batch

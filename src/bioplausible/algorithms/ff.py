@@ -85,9 +85,10 @@ class ForwardForward(Learner):
                                "MLP's default) are picked by the readout on the top layer, so a "
                                "layer's update depends on the network above (the C2 probe sees it); "
                                "random negatives and the channel-wise objective are local"),
-        c3_single_phase=partial("only forward passes; the contrast objective runs positive and "
-                                "negative data as two passes (side by side here), the channel-wise "
-                                "one a single pass, but each layer still differentiates its own loss"),
+        c3_single_phase=no("only forward passes, but the contrast objective (the default) runs each "
+                           "stimulus under two conditions, positive and negative, whose passes a network "
+                           "would have to run one after the other (side by side here); the channel-wise "
+                           "objective is a single pass"),
         c4_spiking=no("real-valued rates"),
         c5_label_free_hidden=no("every hidden layer's objective uses the label (embedded in the "
                                 "input, or naming the channel group whose goodness must win)"),

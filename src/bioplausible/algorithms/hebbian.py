@@ -118,6 +118,7 @@ class HebbianOptions(BaseModel):
 
 
 class Hebbian(Learner):
+    own_network = "it builds its own wide competitive hidden layers with its own activation"
     name = "hebbian"
     description = "Unsupervised competitive Hebbian hidden layers (SoftHebb / Krotov-Hopfield) + delta-rule readout"
     Options = HebbianOptions

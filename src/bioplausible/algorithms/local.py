@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from .claims import Claims, no, partial, yes
+from .claims import Claims, no, yes
 from .base import Learner
 
 
@@ -73,12 +73,12 @@ class LocalLosses(Learner):
     name = "local"
     description = "Local losses: per-block auxiliary pred/sim/predsim/target losses, no gradient across blocks"
     claims = Claims(
-        c1_no_weight_transport=partial("no error travels back through the stack's forward weights, but "
+        c1_no_weight_transport=no("no error travels back through the stack's forward weights, but "
                                        "the pred/target losses reach the block through the transpose "
                                        "of its auxiliary head's weights (sim alone needs no head)"),
         c2_local_error=yes("each block's error comes from its own auxiliary loss on its own output"),
-        c3_single_phase=no("inside a block the local error is still back-propagated in a separate "
-                           "backward step after the forward pass"),
+        c3_single_phase=yes("one forward sweep; each block's backward step stays inside the block (its "
+                            "layer and head), so no network-wide second phase"),
         c4_spiking=no("real-valued rates"),
         c5_label_free_hidden=no("every block's auxiliary loss uses the label"),
         c6_unsigned_error=no("signed local errors"),

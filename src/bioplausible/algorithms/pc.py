@@ -134,16 +134,6 @@ class PredictiveCoding(Learner):
         energy = -logp.gather(1, y[:, None]).squeeze(1)
         return energy, logp.exp() - target
 
-    def _predict_all(self, values: list[torch.Tensor], first: tuple):
-        """Drives a_l = W_l v_{l-1} + b_l, predictions mu_l = post(a_l) and their local
-        backward maps, for every layer. The input is clamped, so the first layer's are
-        computed once per batch (`first`)."""
-        layers = self.stack.layers
-        out = [first] + [(a, *layer.post_with_backward(a)) for layer, a in
-                         ((layer, layer.drive(v)) for layer, v in zip(layers[1:], values[1:-1]))]
-        drives, mus, backs = (list(t) for t in zip(*out))
-        return drives, mus, backs
-
     @torch.no_grad()
     def relax(self, x: torch.Tensor, y: torch.Tensor | None = None, target: torch.Tensor | None = None):
         """Clamp input and output, relax the hidden value nodes, return the weight updates.
@@ -162,18 +152,21 @@ class PredictiveCoding(Learner):
 
         # value nodes v_0 (input, clamped) .. v_{L-1} (last hidden); the output node is the
         # target, clamped, so only the hidden nodes are free
-        values = [x]
         if self.opts.init == "forward":
-            h = x
-            for layer in layers[:-1]:
-                h = layer(h)
-                values.append(h)
+            # the feed-forward pass is the initial state and its predictions: every hidden
+            # value node equals its prediction, so only the output's error is non-zero
+            inputs, drives, backs, out = self.stack.forward_local(x)
+            mus = [*inputs[1:], out]
+            values = [*inputs, target]
+            low = n_layers - 1
         else:
-            for shape in self.stack.output_shapes()[:-1]:
-                values.append(x.new_zeros((len(x), *shape)))
-        values.append(target)
-        first_drive = layers[0].drive(x)
-        first = (first_drive, *layers[0].post_with_backward(first_drive))
+            values = [x] + [x.new_zeros((len(x), *shape)) for shape in self.stack.output_shapes()[:-1]] + [target]
+            drives, mus, backs = (list(t) for t in zip(*[(a, *layer.post_with_backward(a)) for layer, a in
+                                                         ((layer, layer.drive(v)) for layer, v in zip(layers, values))]))
+            low = 0
+        # `low`: the lowest layer whose error can be non-zero. With the feed-forward start the
+        # error moves down one layer per step, so below `low` the value nodes have not moved,
+        # their predictions need no recomputing and their errors and updates are exactly zero
 
         rate, tol, n = self.opts.inference_rate, self.opts.tol, len(x)
         # Gradient descent on F is stable only while rate < 2 / curvature, and the curvature
@@ -187,36 +180,44 @@ class PredictiveCoding(Learner):
         energies: list[torch.Tensor] = []
         steps, converged = 0, False
         while True:
-            drives, mus, backs = self._predict_all(values, first)
-            # g_l = dF/dmu_l: minus the prediction error for hidden layers, the output
-            # energy's gradient at the top
+            # g_l = dF/dmu_l: minus the prediction error for hidden layers (None where it is
+            # zero), the output energy's gradient at the top
             out_energy, g_out = self._output_grad(mus[-1], target, y)
-            grads_mu = [mus[l] - values[l + 1] for l in range(n_layers - 1)] + [g_out]
-            energy = out_energy.sum() + sum(0.5 * g.pow(2).sum() for g in grads_mu[:-1])
+            grads_mu = [mus[l] - values[l + 1] if l >= low else None for l in range(n_layers - 1)] + [g_out]
+            energy = out_energy.sum() + sum(0.5 * g.pow(2).sum() for g in grads_mu[:-1] if g is not None)
             energies.append(energy / n)
             if steps == 0:
                 first_output = mus[-1]
             if steps >= self.opts.T or converged:
                 break
-            # pre-activation errors f'_l * g_l (post_backward also routes through max-pooling)
-            deltas = [backs[l](grads_mu[l]) for l in range(1, n_layers)]
+            moved = max(1, low)  # value nodes v_moved.. change in this step
             change = x.new_zeros(())
-            for l in range(1, n_layers):  # value node v_l is the input of layers[l]
+            for l in range(moved, n_layers):  # value node v_l is the input of layers[l]
                 # dF/dv_l = e_l + W_{l+1}^T (f' * g_{l+1}): own error + the error above via W^T
-                dv = -grads_mu[l - 1] + layers[l].input_grad(deltas[l - 1], layers[l].weight, values[l].shape)
+                # (post_backward's f' * . also routes through max-pooling)
+                dv = layers[l].input_grad(backs[l](grads_mu[l]), layers[l].weight, values[l].shape)
+                if grads_mu[l - 1] is not None:
+                    dv = -grads_mu[l - 1] + dv
                 values[l] = values[l] - rates[l] * dv
                 if tol > 0:
                     # relative to the whole layer's state over the batch: per-sample ratios
                     # explode for samples whose (ReLU) nodes are all near zero
                     change = torch.maximum(change, rates[l] * dv.norm() / values[l].norm().clamp_min(1e-12))
+            for l in range(moved, n_layers):  # the layers that read a moved node predict anew
+                drives[l] = layers[l].drive(values[l])
+                mus[l], backs[l] = layers[l].post_with_backward(drives[l])
+            low = moved - 1
             steps += 1
             # one host sync per step, only when early stopping is asked for
             converged = tol > 0 and change.item() < tol
 
         grads: dict = {}
         for l, layer in enumerate(layers):
-            delta = backs[l](grads_mu[l]) / n
-            gw, gb = layer.weight_grad(delta, values[l])
+            if grads_mu[l] is None:  # the error never reached this layer: no update
+                gw = torch.zeros_like(layer.weight)
+                gb = torch.zeros_like(layer.bias) if layer.bias is not None else None
+            else:
+                gw, gb = layer.weight_grad(backs[l](grads_mu[l]) / n, values[l])
             grads[layer.weight] = gw
             if layer.bias is not None:
                 grads[layer.bias] = gb

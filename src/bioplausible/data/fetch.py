@@ -308,8 +308,12 @@ SOURCES: dict[str, Source] = {
 
 
 def _source(name: str) -> Source:
+    from .download import PUBLISHED, published_source  # the publishers' sets (HTTP)
+
+    if name in PUBLISHED:
+        return published_source(name)
     if name not in SOURCES:
-        raise DataError(f"cannot fetch {name!r}: fetchable data sets are {', '.join(SOURCES)}")
+        raise DataError(f"cannot fetch {name!r}: fetchable data sets are {', '.join([*SOURCES, *PUBLISHED])}")
     return SOURCES[name]
 
 
@@ -469,12 +473,34 @@ def verify_cache(name: str, dest_root: Path | str | None = None, rehash: bool = 
     return True
 
 
+def verified(folder: Path) -> bool | None:
+    """Whether every file of a fetched cache was hashed (by a run or `data verify`) since it
+    last changed and matched its manifest: True, False (a mismatch), or None (not verified
+    since it changed, or no manifest). Reads cached digests only; hashes nothing."""
+    from . import cached_sha256
+
+    m = read_manifest(folder)
+    if m is None:
+        return None
+    for fname, meta in m["files"].items():
+        got = cached_sha256(folder / fname)
+        if got is None:
+            return None
+        if got != meta.get("sha256"):
+            return False
+    return True
+
+
 def fetch(name: str, dest_root: Path | str | None = None, force: bool = False) -> Path:
     """Obtain data set `name` into `<dest_root or data_home()>/<name>/` and return that folder.
 
     Does nothing when the cache is already there and verifies, unless `force`. Any
     checksum mismatch is a DataError giving expected and actual sums.
     """
+    from .download import PUBLISHED, fetch_published
+
+    if name in PUBLISHED:
+        return fetch_published(name, dest_root, force)
     src = _source(name)
     root = Path(dest_root) if dest_root is not None else data_home()
     if not force and verify_cache(name, root):
@@ -501,6 +527,12 @@ _BYO_FILES = {
 }
 
 
+def _published() -> dict[str, Any]:
+    from .download import PUBLISHED
+
+    return PUBLISHED
+
+
 def status(dest_root: Path | str | None = None) -> list[dict[str, Any]]:
     """One row per known data set (the registry's, plus the fetchable brain data):
     name, present, path (None when bundled), how (to get it), source, description."""
@@ -517,10 +549,16 @@ def status(dest_root: Path | str | None = None) -> list[dict[str, Any]]:
             pkg, module = _BUNDLED_IN.get(name, ("a dependency", name))
             row.update(present=importlib.util.find_spec(module) is not None, path=None,
                        how=f"bundled with {pkg}", source=pkg)
+        elif name in _published():
+            wanted = _BYO_FILES.get(info.reader if info else "", "the files")
+            row.update(present=verify_cache(name, root, rehash=False) or (folder.is_dir() and any(folder.iterdir())),
+                       how=f"bioplausible data fetch {name} (or put {wanted} in the folder)",
+                       source=_source(name).how)
         elif name in SOURCES:
             # Presence and sizes only: hashing every file would make a listing slow.
-            row.update(present=verify_cache(name, root, rehash=False),
-                       how=f"bioplausible data fetch {name}", source=SOURCES[name].how)
+            present = verify_cache(name, root, rehash=False)
+            row.update(present=present, how=f"bioplausible data fetch {name}", source=SOURCES[name].how,
+                       verified=verified(folder) if present else None)
         else:
             wanted = _BYO_FILES.get(info.reader if info else "", "the files")
             row.update(present=folder.is_dir() and any(folder.iterdir()),

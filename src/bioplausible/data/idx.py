@@ -158,6 +158,8 @@ def _read_split(folder: Path, split: str, num_classes: int) -> tuple[np.ndarray,
         raise DataError(
             f"{img_path} has {len(images)} images but {lab_path} has {len(labels)} labels"
         )
+    if len(images) == 0 or images.shape[1] * images.shape[2] == 0:
+        raise DataError(f"{img_path}: holds no images (shape {images.shape})")
     if labels.size and int(labels.max()) >= num_classes:
         bad = int(np.argmax(labels >= num_classes))
         raise DataError(

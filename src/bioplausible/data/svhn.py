@@ -32,7 +32,11 @@ def read_svhn_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"{path}: not a readable .mat file ({type(e).__name__}: {e})") from e
     for key in ("X", "y"):
         if key not in m:
-            present = sorted(k for k in m if not k.startswith("__"))
+            # loadmat read only X and y; ask the file what it does hold
+            try:
+                present = sorted(name for name, _, _ in scipy.io.whosmat(path))
+            except Exception:  # noqa: BLE001 - the listing is only for the message
+                present = sorted(k for k in m if not k.startswith("__"))
             raise DataError(f"{path}: missing variable {key!r} (has {present})")
     X, y = m["X"], np.asarray(m["y"]).reshape(-1)
     if X.ndim != 4 or X.shape[:3] != (32, 32, 3):

@@ -27,7 +27,7 @@ _FOLLOW = ("bioplausible.algorithms.", "bioplausible.models", "bioplausible.data
            "bioplausible.paths")
 _ROOTS = ("bioplausible.experiments.runner",)
 # read by name through the data registry (`data.load`); the CLI and download code are not
-_DATA_SKIP = {"cli", "fetch"}
+_DATA_SKIP = {"cli", "fetch", "download"}
 
 
 def _source(module: str) -> Path | None:

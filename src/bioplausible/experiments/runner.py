@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import functools
+import hashlib
 import math
 import os
 import platform
@@ -29,6 +30,10 @@ from .store import Store
 
 class Diverged(RuntimeError):
     pass
+
+
+class CheckpointError(ValueError):
+    """A run's checkpoint is missing, unreadable, or not the one recorded with the run."""
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -58,6 +63,28 @@ def git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         pass
     return None
+
+
+def with_data_identity(cfg: RunConfig) -> RunConfig:
+    """`cfg` with the digest of the data files it reads (a DataError if they are missing or
+    differ from a fetched cache's manifest). Its key then names the data, not the folder."""
+    from ..data import data_digest
+
+    digest = data_digest(cfg.data, cfg.data_dir)
+    return cfg if digest == cfg.data_digest else cfg.model_copy(update={"data_digest": digest})
+
+
+def check_data_identity(cfg: RunConfig) -> None:
+    """The data about to be read are the data the run's id was made with (a Ray worker, or
+    files changed since the grid was expanded)."""
+    from ..data import DataError, data_digest
+
+    if cfg.data_digest is not None:
+        got = data_digest(cfg.data, cfg.data_dir)
+        if got != cfg.data_digest:
+            where = cfg.data_dir or f"the {cfg.data} cache"
+            raise DataError(f"{where} on {platform.node()}: data digest {got}, but the run was set up with "
+                            f"{cfg.data_digest} (other files)")
 
 
 def build_learner(cfg: RunConfig, input_shape, num_classes: int, device: torch.device | str = "cpu") -> Learner:
@@ -117,6 +144,14 @@ def _save_atomic(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def checkpoint_path(store: Store, run_id: str) -> Path:
     return store.path.parent / "checkpoints" / f"{run_id}.pt"
 
@@ -131,7 +166,9 @@ def train(
 
     Raises `Diverged` when the loss stops being finite."""
     device = resolve_device(cfg.device)
-    data = data or load(cfg.data, cfg.data_dir, cfg.val_fraction)
+    if data is None:
+        check_data_identity(cfg)
+        data = load(cfg.data, cfg.data_dir, cfg.val_fraction)
     learner = build_learner(cfg, data.input_shape, data.num_classes, device)
     epochs: list[dict[str, Any]] = []
     train_time = 0.0
@@ -206,6 +243,8 @@ def run(
     """Run `cfg` and record it. Returns the run row, or None when it was already done by
     the same code."""
     cfg = resolve_rule(cfg)
+    if data is None:
+        cfg = with_data_identity(cfg)
     run_id = cfg.key()
     if not force and store.has(run_id, code=code_fingerprint(cfg.rule)):
         return None
@@ -244,8 +283,9 @@ def execute(
             _save_atomic({
                 "state": learner.checkpoint(), "input_shape": list(data.input_shape),
                 "num_classes": data.num_classes, "mean": data.mean.tolist(), "std": data.std.tolist(),
-                "config": cfg.model_dump(mode="json"),
+                "config": cfg.model_dump(mode="json"), "run_id": run_id,
             }, ckpt)
+            base["checkpoint_sha256"] = _sha256(ckpt)
         status, reason = "done", None
     except Diverged as e:
         status, reason, fields, epochs, ckpt = "diverged", str(e), {"metrics": {}}, [], None
@@ -261,19 +301,43 @@ def execute(
 
 
 def load_learner(store: Store, run_id: str, device: str = "cpu") -> tuple[Learner, dict[str, Any]]:
-    """Rebuild a trained learner from its checkpoint. Loaded with weights_only=True: a
-    checkpoint can hold tensors and plain containers, never code."""
+    """Rebuild a trained learner from its checkpoint. The path is resolved against the
+    store's folder (never the working directory) and the file must be the one recorded with
+    the run (its sha256). Loaded with weights_only=True: a checkpoint can hold tensors and
+    plain containers, never code. Any problem is a CheckpointError naming the file."""
     rows = store.runs(id=run_id)
     if not rows:
         raise FileNotFoundError(f"no run {run_id} in {store.path}")
     row = rows[0]
-    path = Path(row["checkpoint"]) if row.get("checkpoint") else checkpoint_path(store, run_id)
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint of run {run_id} not found at {path} (status {row['status']})")
-    ckpt = torch.load(path, map_location=device, weights_only=True)
-    cfg = RunConfig(**{**ckpt["config"], "device": device})
-    learner = build_learner(cfg, tuple(ckpt["input_shape"]), ckpt["num_classes"], device)
-    learner.restore(ckpt["state"])
+    folder = store.path.parent
+    candidates = []
+    if row.get("checkpoint"):
+        p = Path(row["checkpoint"])
+        candidates.append(p if p.is_absolute() else folder / p)
+    candidates.append(checkpoint_path(store, run_id))  # where every run's checkpoint is written
+    path = next((c for c in candidates if c.is_file()), None)
+    if path is None:
+        raise CheckpointError(f"checkpoint of run {run_id} not found at {candidates[0]} (status {row['status']})")
+    want = row.get("checkpoint_sha256")
+    if want and _sha256(path) != want:
+        raise CheckpointError(f"{path}: not the checkpoint recorded with run {run_id} in {store.path} "
+                              "(sha256 differs); rerun it with --force")
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+        if not isinstance(ckpt, dict) or not {"config", "state", "input_shape", "num_classes"} <= set(ckpt):
+            raise CheckpointError(f"{path}: not a bioplausible checkpoint")
+        if ckpt.get("run_id", run_id) != run_id:
+            raise CheckpointError(f"{path}: checkpoint of run {ckpt.get('run_id')}, not of run {run_id}")
+        cfg = RunConfig(**{**ckpt["config"], "device": device})
+        if not want and "run_id" not in ckpt and cfg.key() != run_id:
+            raise CheckpointError(f"{path}: its settings are not those of run {run_id}")
+        learner = build_learner(cfg, tuple(ckpt["input_shape"]), ckpt["num_classes"], device)
+        learner.restore(ckpt["state"])
+    except CheckpointError:
+        raise
+    except Exception as e:  # torch, pickle, zip and shape errors alike: the file is not this run's
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise CheckpointError(f"{path}: cannot load the checkpoint of run {run_id} ({type(e).__name__}: {first})") from None
     learner.eval()
     meta = {
         "id": run_id, "rule": cfg.rule, "model": cfg.model, "data": cfg.data, "seed": cfg.seed,

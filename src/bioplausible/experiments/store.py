@@ -2,12 +2,18 @@
 
 Knows nothing of torch. Each run is written in one transaction when it ends (done,
 diverged or failed), so a run killed half-way leaves no row and is simply run again: a
-sweep that is interrupted and restarted ends with exactly one row per grid cell.
+sweep that is interrupted and restarted ends with exactly one row per grid cell. A failed
+rerun never replaces a finished row (`record`), so `--force` loses nothing when it fails.
+
+`Store(path, readonly=True)` is for commands that only read: it opens the file read-only
+(no schema, no WAL switch, nothing written) and refuses a file that is not a bioplausible
+store. Every SQLite error becomes a StoreError naming the file.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,7 +36,8 @@ CREATE TABLE IF NOT EXISTS runs (
     train_time REAL,              -- seconds spent in train_step only
     samples_per_s REAL,           -- training samples / train_time
     epoch_time REAL,              -- mean seconds per epoch (training only)
-    checkpoint TEXT
+    checkpoint TEXT,              -- path relative to the store's folder (older rows: as written)
+    checkpoint_sha256 TEXT        -- digest of the checkpoint file: a checkpoint must belong to its run
 );
 CREATE TABLE IF NOT EXISTS epochs (
     run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
@@ -48,40 +55,146 @@ class StoreError(ValueError):
     pass
 
 
+# columns a file must have to be taken for a bioplausible store (older stores lack `code`)
+_REQUIRED_COLUMNS = {"id", "rule", "model", "data", "seed", "config", "status", "metrics"}
+# added since the first stores; a writable open adds what a store lacks
+_LATER_COLUMNS = {"code": "TEXT", "checkpoint_sha256": "TEXT"}
+
+
 class Store:
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, readonly: bool = False) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        con = self.connect()
+        self.readonly = readonly
+        if self.path.is_dir():
+            raise StoreError(f"results store {self.path} is a folder; --store takes an SQLite file")
+        if readonly:
+            if not self.path.is_file():
+                raise StoreError(f"no results store at {self.path} (run something first, or pass --store)")
+            self._check_schema()
+            return
         try:
-            con.executescript(SCHEMA)  # idempotent; executescript manages its own commit
-            if "code" not in {r["name"] for r in con.execute("PRAGMA table_info(runs)")}:
-                # a store written before runs recorded their code: its runs count as stale
-                con.execute("ALTER TABLE runs ADD COLUMN code TEXT")
-        finally:
-            con.close()
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StoreError(f"cannot create the folder of results store {self.path}: {e.strerror or e}") from None
+        self._check_schema(allow_empty=True)
+        self._check_writable()
+        try:
+            con = self.connect()
+            try:
+                con.executescript(SCHEMA)  # idempotent; executescript manages its own commit
+                have = {r["name"] for r in con.execute("PRAGMA table_info(runs)")}
+                for col, typ in _LATER_COLUMNS.items():
+                    if col not in have:
+                        # e.g. a store written before runs recorded their code: its runs count as stale
+                        con.execute(f"ALTER TABLE runs ADD COLUMN {col} {typ}")
+            finally:
+                con.close()
+        except sqlite3.Error as e:
+            raise self._error(e) from None
+
+    def _error(self, e: Exception) -> StoreError:
+        msg = str(e)
+        if "readonly" in msg or "read-only" in msg:
+            return StoreError(f"results store {self.path} is read-only ({msg}); pass a writable --store")
+        if "not a database" in msg or "malformed" in msg:
+            return StoreError(f"{self.path} is not a bioplausible results store ({msg})")
+        return StoreError(f"results store {self.path}: {msg}")
+
+    def _check_schema(self, allow_empty: bool = False) -> None:
+        """Refuse a file that is not a bioplausible store (another SQLite file, random bytes,
+        a truncated store) before anything is written to it."""
+        if not self.path.exists():
+            return
+        if self.path.stat().st_size == 0 and allow_empty:
+            return
+        # SQLite makes -wal/-shm files to read a file whose header says WAL; a file we
+        # refuse is left as it was found
+        side = [Path(f"{self.path}{s}") for s in ("-wal", "-shm")]
+        had = [p.exists() for p in side]
+        try:
+            con = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=60)
+            try:
+                tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+                cols = {r[1] for r in con.execute("PRAGMA table_info(runs)")} if "runs" in tables else set()
+                if "runs" in tables:
+                    con.execute("SELECT count(*) FROM runs").fetchone()  # a truncated file fails here
+            finally:
+                con.close()
+        except sqlite3.Error as e:
+            for p, h in zip(side, had):
+                if not h:
+                    p.unlink(missing_ok=True)
+            raise self._error(e) from None
+        if not tables and allow_empty:
+            return
+        if not _REQUIRED_COLUMNS <= cols:
+            raise StoreError(f"{self.path} is an SQLite file but not a bioplausible results store "
+                             f"(tables: {', '.join(sorted(tables)) or 'none'})")
+
+    def _check_writable(self) -> None:
+        """Before training, not after: a run whose row cannot be written is time lost."""
+        folder = self.path.parent
+        for p in ([self.path] if self.path.exists() else []) + [folder]:
+            if not os.access(p, os.W_OK):
+                raise StoreError(f"results store {self.path}: {p} is not writable; pass a writable --store")
+        ckpt = folder / "checkpoints"
+        if ckpt.exists() and not (ckpt.is_dir() and os.access(ckpt, os.W_OK)):
+            raise StoreError(f"results store {self.path}: its checkpoint folder {ckpt} is not a writable folder")
 
     def connect(self) -> sqlite3.Connection:
         try:
-            con = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+            if self.readonly:
+                # mode=ro: nothing is created, no column added, the journal mode left as it is
+                con = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=60,
+                                      isolation_level=None)
+            else:
+                con = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+            con.row_factory = sqlite3.Row
+            con.execute("PRAGMA foreign_keys = ON")
+            if not self.readonly:
+                con.execute("PRAGMA journal_mode = WAL")  # readers (reports) never block a writer
         except sqlite3.Error as e:
-            raise StoreError(f"cannot open results store {self.path}: {e}") from None
-        con.row_factory = sqlite3.Row
-        con.execute("PRAGMA foreign_keys = ON")
-        con.execute("PRAGMA journal_mode = WAL")  # readers (reports) never block a writer
+            raise self._error(e) from None
         return con
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """A connection inside BEGIN IMMEDIATE ... COMMIT (ROLLBACK on any error)."""
+        if self.readonly:
+            raise StoreError(f"results store {self.path} was opened read-only")
         con = self.connect()
         try:
             con.execute("BEGIN IMMEDIATE")
             yield con
             con.execute("COMMIT")
+        except (sqlite3.OperationalError, sqlite3.DatabaseError) as e:
+            if con.in_transaction:
+                con.execute("ROLLBACK")
+            if isinstance(e, sqlite3.IntegrityError):  # a bug in the row, not a problem of the file
+                raise
+            raise self._error(e) from None
         except BaseException:
-            con.execute("ROLLBACK")
+            if con.in_transaction:
+                con.execute("ROLLBACK")
             raise
+        finally:
+            con.close()
+
+    def _script(self, sql: str) -> None:
+        con = self.connect()
+        try:
+            con.executescript(sql)
+        except sqlite3.Error as e:
+            raise self._error(e) from None
+        finally:
+            con.close()
+
+    def _read(self, sql: str, params: tuple = ()) -> list[sqlite3.Row]:
+        con = self.connect()
+        try:
+            return con.execute(sql, params).fetchall()
+        except sqlite3.Error as e:
+            raise self._error(e) from None
         finally:
             con.close()
 
@@ -90,24 +203,34 @@ class Store:
         """Whether the run finished (a 'failed' run is retried by default) and, given `code`
         (its code fingerprint now), was made by that code: a run recorded by other code is
         stale, to be run again (its row is then replaced)."""
-        con = self.connect()
-        try:
-            q = f"SELECT 1 FROM runs WHERE id = ? AND status IN ({','.join('?' * len(statuses))})"
-            args: tuple = (run_id, *statuses)
-            if code is not None:
-                q += " AND code = ?"
-                args += (code,)
-            return con.execute(q, args).fetchone() is not None
-        finally:
-            con.close()
+        q = f"SELECT 1 FROM runs WHERE id = ? AND status IN ({','.join('?' * len(statuses))})"
+        args: tuple = (run_id, *statuses)
+        if code is not None:
+            q += " AND code = ?"
+            args += (code,)
+        return bool(self._read(q, args))
 
-    def record(self, run: dict[str, Any], epochs: list[dict[str, Any]]) -> None:
-        """Insert or replace a run with its epochs, atomically."""
+    def record(self, run: dict[str, Any], epochs: list[dict[str, Any]]) -> bool:
+        """Insert or replace a run with its epochs, atomically. A failed run does not replace
+        a finished one (a `--force` rerun that fails keeps the old result and its
+        checkpoint); returns whether the row was written."""
         row = dict(run)
         for c in JSON_COLUMNS:
             row[c] = json.dumps(row.get(c) or {}, sort_keys=True)
+        if row.get("checkpoint"):
+            # relative to the store's folder: the store and its checkpoints move together, and
+            # a command run from another directory finds them (never another project's file)
+            try:
+                row["checkpoint"] = Path(row["checkpoint"]).resolve().relative_to(
+                    self.path.parent.resolve()).as_posix()
+            except ValueError:
+                pass
         cols = ",".join(row)
         with self.transaction() as con:
+            if row.get("status") == "failed":
+                old = con.execute("SELECT status FROM runs WHERE id = ?", (row["id"],)).fetchone()
+                if old is not None and old["status"] in ("done", "diverged"):
+                    return False
             con.execute("DELETE FROM epochs WHERE run_id = ?", (row["id"],))
             con.execute(f"INSERT OR REPLACE INTO runs ({cols}) VALUES ({','.join('?' * len(row))})", tuple(row.values()))
             con.executemany(
@@ -119,6 +242,7 @@ class Store:
                     for e in epochs
                 ],
             )
+        return True
 
     @staticmethod
     def _decode(r: sqlite3.Row) -> dict[str, Any]:
@@ -135,18 +259,10 @@ class Store:
             raise StoreError(f"cannot filter runs by {', '.join(sorted(bad))}; use {', '.join(sorted(allowed))}")
         clause = " AND ".join(f"{k} = ?" for k in where)
         q = "SELECT * FROM runs" + (f" WHERE {clause}" if clause else "") + " ORDER BY rule, model, data, seed, finished"
-        con = self.connect()
-        try:
-            return [self._decode(r) for r in con.execute(q, tuple(where.values()))]
-        finally:
-            con.close()
+        return [self._decode(r) for r in self._read(q, tuple(where.values()))]
 
     def epochs(self, run_id: str) -> list[dict[str, Any]]:
-        con = self.connect()
-        try:
-            rows = con.execute("SELECT * FROM epochs WHERE run_id = ? ORDER BY epoch", (run_id,)).fetchall()
-        finally:
-            con.close()
+        rows = self._read("SELECT * FROM epochs WHERE run_id = ? ORDER BY epoch", (run_id,))
         out = []
         for r in rows:
             d = dict(r)
@@ -193,11 +309,7 @@ class Store:
 
     def record_criteria(self, rows: list[dict[str, Any]], version: str, created: str) -> None:
         """Store one criteria matrix (replacing any matrix of the same version), atomically."""
-        con = self.connect()
-        try:
-            con.executescript(self.CRITERIA_SCHEMA)
-        finally:
-            con.close()
+        self._script(self.CRITERIA_SCHEMA)
         with self.transaction() as con:
             con.execute("DELETE FROM criteria WHERE version = ?", (version,))
             con.executemany(
@@ -210,34 +322,22 @@ class Store:
         """The most recently stored criteria matrix: (rows, {version, created}); ([], {}) if none."""
         if "criteria" not in self.tables():
             return [], {}
-        con = self.connect()
-        try:
-            last = con.execute("SELECT version, created FROM criteria ORDER BY created DESC LIMIT 1").fetchone()
-            if last is None:
-                return [], {}
-            rows = con.execute("SELECT row FROM criteria WHERE version = ? ORDER BY position",
-                               (last["version"],)).fetchall()
-        finally:
-            con.close()
+        lasts = self._read("SELECT version, created FROM criteria ORDER BY created DESC LIMIT 1")
+        if not lasts:
+            return [], {}
+        last = lasts[0]
+        rows = self._read("SELECT row FROM criteria WHERE version = ? ORDER BY position", (last["version"],))
         return [json.loads(r["row"]) for r in rows], {"version": last["version"], "created": last["created"]}
 
     def tables(self) -> list[str]:
         """Names of the tables in the store (the report looks for the brain comparison's)."""
-        con = self.connect()
-        try:
-            return [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
-        finally:
-            con.close()
+        return [r[0] for r in self._read("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
 
     def query(self, sql: str, params: tuple = ()) -> list[dict[str, Any]]:
         """Read-only SELECT for readers of tables other modules add (brain results)."""
         if not sql.lstrip().upper().startswith(("SELECT", "WITH")):
             raise StoreError("Store.query runs SELECT statements only")
-        con = self.connect()
-        try:
-            return [dict(r) for r in con.execute(sql, params)]
-        finally:
-            con.close()
+        return [dict(r) for r in self._read(sql, params)]
 
     # -- RDMs shown by the report (added for `compare`/`report`) -------------------------------
     RDMS_SCHEMA = """
@@ -253,11 +353,7 @@ class Store:
 
     def record_rdms(self, panels: list[dict[str, Any]], created: str) -> None:
         """Replace the stored RDM panels ({label, kind, n, vector}) in one transaction."""
-        con = self.connect()
-        try:
-            con.executescript(self.RDMS_SCHEMA)
-        finally:
-            con.close()
+        self._script(self.RDMS_SCHEMA)
         with self.transaction() as con:
             con.execute("DELETE FROM brain_rdms")
             con.executemany("INSERT INTO brain_rdms (position, label, kind, n, vector, created) VALUES (?,?,?,?,?,?)",
@@ -267,11 +363,7 @@ class Store:
     def rdms(self) -> list[dict[str, Any]]:
         if "brain_rdms" not in self.tables():
             return []
-        con = self.connect()
-        try:
-            rows = [dict(r) for r in con.execute("SELECT * FROM brain_rdms ORDER BY position")]
-        finally:
-            con.close()
+        rows = [dict(r) for r in self._read("SELECT * FROM brain_rdms ORDER BY position")]
         for r in rows:
             r["vector"] = json.loads(r["vector"])
         return rows

@@ -44,11 +44,12 @@ from pydantic import ValidationError
 from ..config import RunConfig
 
 __all__ = [
-    "SweepError", "Sweep", "Cell", "Skipped", "load_sweep", "parse_sweep", "preset_path", "PRESETS",
+    "SweepError", "ClusterLost", "check_ray_address", "Sweep", "Cell", "Skipped", "load_sweep", "parse_sweep", "preset_path", "PRESETS",
     "expand", "dataset_available", "run_sequential", "run_pool", "run_ray", "get_data",
 ]
 
-PRESETS = ("quick", "paper", "extended")
+PRESETS = ("quick", "paper", "extended", "brain")
+MAX_SEEDS = 10_000  # a grid.seeds count beyond this is a typo, not a sweep (and would exhaust memory)
 
 TOP_KEYS = {"description", "grid", "defaults", "rules", "models", "datasets", "sweep"}
 GRID_KEYS = {"rules", "models", "datasets", "seeds"}
@@ -60,6 +61,10 @@ CELL_FIELDS = set(RunConfig.model_fields) - {"rule", "model", "data", "seed", "d
 
 class SweepError(ValueError):
     """A sweep file is wrong; the message names the file and the key."""
+
+
+class ClusterLost(RuntimeError):
+    """The Ray cluster went away mid-grid; what was recorded stays, a rerun resumes."""
 
 
 @dataclass
@@ -124,9 +129,12 @@ def preset_path(name: str) -> Path:
 def load_sweep(path: str | Path) -> Sweep:
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise SweepError(f"cannot read sweep file {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise SweepError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); "
+                         "TOML files are UTF-8") from None
     return parse_sweep(text, str(path))
 
 
@@ -166,7 +174,8 @@ def _check_fields(src: str, where: str, table: dict[str, Any], rule: str, extra:
     if "rule_options" in fields and not isinstance(fields["rule_options"], dict):
         raise SweepError(f"{src}: {where}.rule_options must be a table, got {_type_name(fields['rule_options'])}")
     try:
-        RunConfig(rule=rule, **fields)
+        # rule options are checked by _check_rule_options, which names the option's path
+        RunConfig(rule=rule, **{k: v for k, v in fields.items() if k != "rule_options"})
     except ValidationError as e:
         err = e.errors()[0]
         loc = ".".join(str(p) for p in err["loc"])
@@ -214,8 +223,9 @@ def parse_sweep(text: str, src: str = "<sweep>") -> Sweep:
     datasets = _str_list(src, "grid.datasets", grid.get("datasets", ["digits"]), DATASETS, "dataset")
     seeds_v = grid.get("seeds", [0])
     if isinstance(seeds_v, int) and not isinstance(seeds_v, bool):
-        if seeds_v < 1:
-            raise SweepError(f"{src}: grid.seeds as a number means seeds 0..n-1 and must be >= 1, got {seeds_v}")
+        if seeds_v < 1 or seeds_v > MAX_SEEDS:
+            raise SweepError(f"{src}: grid.seeds as a number means seeds 0..n-1 and must be in 1..{MAX_SEEDS}, "
+                             f"got {seeds_v}")
         seeds = list(range(seeds_v))
     elif isinstance(seeds_v, list) and seeds_v and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds_v):
         if len(set(seeds_v)) != len(seeds_v):
@@ -329,8 +339,11 @@ def expand(sw: Sweep, device: str = "auto") -> tuple[list[Cell], list[Skipped]]:
     each dataset in one stretch) and the combinations skipped, with the reason."""
     from ..algorithms import architectures, resolve
 
+    from ..data import data_digest
+
     cells: list[Cell] = []
     skipped: list[Skipped] = []
+    digests: dict[tuple, str | None] = {}
     for data in sw.datasets:
         for model in sw.models:
             for rule in sw.rules:
@@ -342,9 +355,12 @@ def expand(sw: Sweep, device: str = "auto") -> tuple[list[Cell], list[Skipped]]:
                 if not dataset_available(data, s.get("data_dir")):
                     skipped.append(Skipped(rule, model, data, f"dataset {data} is not on disk"))
                     continue
+                dkey = (data, s.get("data_dir"))
+                if dkey not in digests:  # the run ids name the data's content, not its folder
+                    digests[dkey] = data_digest(data, s.get("data_dir"))
                 for seed in sw.seeds:
                     cells.append(Cell(resolve(RunConfig(rule=rule, model=model, data=data, seed=seed, device=device,
-                                                        **s))))
+                                                        data_digest=digests[dkey], **s))))
     return cells, skipped
 
 
@@ -376,8 +392,11 @@ def _execute(cfg: RunConfig, checkpoint_dir: Path | None, progress: Callable[[di
     from ..data import DataError
     from .runner import execute
 
+    from .runner import check_data_identity
+
     err: Exception | None = None
     try:
+        check_data_identity(cfg)
         ds = get_data(cfg)
     except DataError as e:
         ds, err = None, e
@@ -584,21 +603,143 @@ def _ray_task(cfg_json: dict, threads: int) -> tuple[dict, bytes | None]:
     return row, blob
 
 
+RAY_CONNECT_TIMEOUT_S = float(os.environ.get("BIOPLAUSIBLE_RAY_TIMEOUT", "60"))
+
+
+def check_ray_address(address: str) -> tuple[str, str | None, int | None]:
+    """Validate a --ray address and, for a remote one, that something listens there; a
+    SweepError otherwise (in seconds, not after Ray's minutes of retries)."""
+    import re
+    import socket
+
+    if address in ("local", "auto"):
+        return address, None, None
+    m = re.fullmatch(r"(ray://)?([A-Za-z0-9._-]+|\[[0-9A-Fa-f:]+\]):(\d{1,5})", address)
+    if not m or not 0 < int(m.group(3)) < 65536:
+        raise SweepError(f"--ray {address}: not a Ray address; use local, auto, HOST:PORT (the head's GCS port, "
+                         "usually 6379) or ray://HOST:PORT (Ray Client, usually 10001)")
+    host, port = m.group(2).strip("[]"), int(m.group(3))
+    if m.group(1):
+        import importlib.util
+
+        if importlib.util.find_spec("grpc") is None:
+            raise SweepError(f"--ray {address}: a ray:// address needs Ray Client: pip install 'ray[client]' "
+                             "(the same version as the cluster), or pass the head's HOST:6379 from a cluster node")
+    timeout = min(RAY_CONNECT_TIMEOUT_S, 10.0)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as e:
+        why = "timed out" if isinstance(e, (socket.timeout, TimeoutError)) else (e.strerror or str(e))
+        raise SweepError(f"--ray {address}: cannot reach {host}:{port} ({why}); is the head running "
+                         "(`ray start --head`) and the port open?") from None
+    return address, host, port
+
+
+def _ray_init(ray, address: str, num_cpus: int | None) -> None:
+    """ray.init with a time limit and one-line errors (a wrong address otherwise hangs for
+    minutes; a head with token authentication fails with a raw traceback)."""
+    import threading
+
+    if address == "local":
+        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False,
+                 configure_logging=False)
+        return
+    check_ray_address(address)
+    box: dict[str, BaseException] = {}
+
+    def init() -> None:
+        try:
+            ray.init(address=address, log_to_driver=False)  # an existing cluster: its own settings
+        except BaseException as e:  # noqa: BLE001 - handed to the caller
+            box["e"] = e
+
+    t = threading.Thread(target=init, daemon=True)
+    t.start()
+    t.join(RAY_CONNECT_TIMEOUT_S)
+    if t.is_alive():
+        raise SweepError(f"--ray {address}: no connection after {RAY_CONNECT_TIMEOUT_S:.0f} s "
+                         "(BIOPLAUSIBLE_RAY_TIMEOUT sets the limit); is it a Ray head of the same Ray version?")
+    if "e" in box:
+        e = box["e"]
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        hint = ""
+        if "auth" in str(e).lower() or "token" in str(e).lower():
+            hint = "; the cluster uses token authentication: set RAY_AUTH_MODE=token (and its token) here too"
+        raise SweepError(f"--ray {address}: cannot connect ({type(e).__name__}: {first}){hint}") from None
+
+
+def _node_probe(needs: list[tuple[str, str | None]], rules: list[str]) -> dict:
+    """What one node runs and holds: package version, code fingerprints, data digests."""
+    import platform
+
+    from .. import __version__
+    from ..data import data_digest
+    from .fingerprint import code_fingerprint
+
+    data = {}
+    for name, data_dir in needs:
+        try:
+            data[f"{name}:{data_dir or ''}"] = data_digest(name, data_dir)
+        except Exception as e:  # noqa: BLE001 - reported by the driver
+            data[f"{name}:{data_dir or ''}"] = f"error: {(str(e).splitlines() or [''])[0]}"
+    return {"node": platform.node(), "version": __version__, "code": {r: code_fingerprint(r) for r in rules},
+            "data": data}
+
+
+def node_problems(driver: dict, probe: dict) -> list[str]:
+    """Differences between a worker node's probe and the driver's, one phrase each."""
+    out = []
+    if probe["version"] != driver["version"]:
+        out.append(f"bioplausible {probe['version']} (driver {driver['version']})")
+    changed = sorted(r for r, c in driver["code"].items() if probe["code"].get(r) != c)
+    if changed:
+        out.append(f"other code for rule{'s' if len(changed) > 1 else ''} {', '.join(changed)}")
+    for k, d in driver["data"].items():
+        got = probe["data"].get(k)
+        if got != d:
+            name = k.split(":", 1)[0]
+            out.append(f"data set {name}: {got[7:] if isinstance(got, str) and got.startswith('error: ') else 'other files'}")
+    return [f"node {probe['node']}: {p}" for p in out]
+
+
+def _check_nodes(ray, cells: list[Cell]) -> None:
+    """Every alive node must run this code and hold the same data, else the rows would look
+    stale to the driver or fail one by one; one SweepError listing what differs."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    needs = sorted({(c.cfg.data, c.cfg.data_dir) for c in cells}, key=str)
+    rules = sorted({c.cfg.rule for c in cells})
+    driver = _node_probe(needs, rules)
+    driver["data"] = {f"{c.cfg.data}:{c.cfg.data_dir or ''}": c.cfg.data_digest for c in cells}
+    probe = ray.remote(num_cpus=0)(_node_probe)
+    refs = [probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+            .remote(needs, rules) for n in ray.nodes() if n.get("Alive")]
+    problems = [p for r in ray.get(refs, timeout=RAY_CONNECT_TIMEOUT_S * 5) for p in node_problems(driver, r)]
+    if problems:
+        raise SweepError("Ray workers differ from this process: " + "; ".join(problems) +
+                         " (install the same bioplausible on every node and fetch the data there)")
+
+
+def _cluster_alive(ray) -> bool:
+    try:
+        return any(n.get("Alive") for n in ray.nodes())
+    except Exception:  # noqa: BLE001 - an unreachable GCS is what we are asking about
+        return False
+
+
 def run_ray(cells: list[Cell], store, address: str = "local", on_event: OnEvent = _noop,
             cpus_per_run: float = 1, gpus_per_run: float = 0, max_retries: int = 3,
-            num_cpus: int | None = None, task: Callable | None = None) -> list[dict]:
-    """Run cells as Ray tasks. `address` is a cluster address ('auto', 'ray://host:10001')
-    or 'local' to start a private Ray instance here. `task` replaces the task function
-    (tests use it to kill a worker once and watch the retry)."""
+            num_cpus: int | None = None, task: Callable | None = None, check_nodes: bool | None = None) -> list[dict]:
+    """Run cells as Ray tasks. `address` is a cluster address ('auto', 'ray://host:10001',
+    'host:6379') or 'local' to start a private Ray instance here. `task` replaces the task
+    function (tests use it to kill a worker once and watch the retry). On a cluster, every
+    node is first checked to run this code and hold the data (`check_nodes`). Raises
+    ClusterLost when the cluster goes away mid-grid (what was recorded stays)."""
     import ray
 
     started = False
     if not ray.is_initialized():
-        if address == "local":
-            ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False,
-                     configure_logging=False)
-        else:
-            ray.init(address=address, log_to_driver=False)  # an existing cluster: its own settings
+        _ray_init(ray, address, num_cpus)
         started = True
     ckpt_dir = store.path.parent / "checkpoints"
     remote = ray.remote(num_cpus=cpus_per_run, num_gpus=gpus_per_run, max_retries=max_retries)(task or _ray_task)
@@ -606,6 +747,8 @@ def run_ray(cells: list[Cell], store, address: str = "local", on_event: OnEvent 
     rows: list[dict] = []
     refs: dict[Any, Cell] = {}
     try:
+        if check_nodes if check_nodes is not None else address != "local":
+            _check_nodes(ray, cells)
         for cell in cells:
             if cell.recorded(store):
                 continue
@@ -615,15 +758,26 @@ def run_ray(cells: list[Cell], store, address: str = "local", on_event: OnEvent 
             refs[remote.remote(cfg.model_dump(mode="json"), threads)] = cell
             on_event({"event": "submit", "id": cell.id, "label": cell.label})
         while refs:
-            done, _ = ray.wait(list(refs), num_returns=1, timeout=0.5)
+            try:
+                done, _ = ray.wait(list(refs), num_returns=1, timeout=0.5)
+            except (ray.exceptions.RayError, ConnectionError, OSError) as e:
+                raise ClusterLost(f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}") from None
             for ref in done:
                 cell = refs.pop(ref)
                 try:
                     row, blob = ray.get(ref)
                 except (ray.exceptions.RayError,) as e:
+                    if not _cluster_alive(ray):
+                        raise ClusterLost(f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}") from None
                     # retries used up (or the cluster lost it): no row, the next compare re-runs it
                     on_event({"event": "lost", "id": cell.id, "label": cell.label,
                               "reason": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"})
+                    continue
+                if row.get("code") != cell.code:
+                    # recorded, it would look stale to this driver and be run again forever
+                    on_event({"event": "lost", "id": cell.id, "label": cell.label,
+                              "reason": "the worker ran other code than this process (install the same "
+                                        "bioplausible on every node)"})
                     continue
                 if blob is not None:
                     path = ckpt_dir / f"{cell.id}.pt"
@@ -645,5 +799,8 @@ def run_ray(cells: list[Cell], store, address: str = "local", on_event: OnEvent 
         raise
     finally:
         if started:
-            ray.shutdown()
+            try:
+                ray.shutdown()
+            except Exception:  # noqa: BLE001 - a dead cluster cannot be shut down cleanly
+                pass
     return rows

@@ -24,6 +24,8 @@ CNN_PRESETS = {
 class Stack(nn.Module):
     """An ordered stack of `Layer`s; the last one is the linear readout (no activation)."""
 
+    custom = False  # True when built from a user's nn.Sequential (models.sequential)
+
     def __init__(self, layers: list[Layer], arch: str, input_shape: tuple[int, int, int], num_classes: int):
         super().__init__()
         self.layers = nn.ModuleList(layers)
@@ -80,7 +82,8 @@ class Stack(nn.Module):
     def output_shapes(self) -> list[tuple[int, ...]]:
         """Shape (without batch) of each layer's output."""
         with torch.no_grad():
-            x = torch.zeros(1, *self.input_shape, device=self.layers[0].weight.device)
+            w = self.layers[0].weight
+            x = torch.zeros(1, *self.input_shape, device=w.device, dtype=w.dtype)
             shapes = []
             for layer in self.layers:
                 x = layer(x)

@@ -17,6 +17,7 @@ Nothing is recomputed from checkpoints or data: every number printed is in the s
 
 from __future__ import annotations
 
+import html as _html
 import json
 import os
 from pathlib import Path
@@ -80,6 +81,7 @@ def _verdict(v: Any) -> str | None:
 def plausibility_scores(rows: list[dict[str, Any]]) -> dict[str, float]:
     """Per rule: the mean over criteria of yes=1, partial=0.5, no=0 (measured where a probe
     decided, else claimed; cells in error left out). Rows are the stored criteria matrix."""
+    from ..criteria.claims import CRITERIA
     from .tables import cell_verdict
 
     scores: dict[str, float] = {}
@@ -88,7 +90,8 @@ def plausibility_scores(rows: list[dict[str, Any]]) -> dict[str, float]:
         if not isinstance(rule, str):
             continue
         if isinstance(r.get("cells"), dict):
-            vs = [cell_verdict(c) for c in r["cells"].values()]
+            # the six criteria (C2a, a stricter probe-only property, would count locality twice)
+            vs = [cell_verdict(c) for k, c in r["cells"].items() if k in CRITERIA]
         else:  # a flat row: {rule, c1_...: verdict, ...}
             vs = [_verdict(v) for k, v in r.items() if k.lower().startswith("c") and k[1:2].isdigit()]
         vs = [VERDICT_SCORE[v] for v in vs if v is not None]
@@ -154,14 +157,14 @@ def build(store, out: str | Path, run_ids: list[str] | None = None, runs: str | 
     # criteria
     crit = d["criteria"]
     if crit:
-        header, rows, cnotes = T.criteria_table(crit)
-        write("criteria.md", T.markdown(header, rows) + ("\n" + "".join(f"- {n}\n" for n in cnotes) if cnotes else ""))
-        write("criteria.tex", T.latex(header, rows))
-        write("criteria.csv", T.criteria_csv(crit))
+        from ..criteria.render import render as render_criteria
+
+        for fmt, fname in (("markdown", "criteria.md"), ("latex", "criteria.tex"), ("csv", "criteria.csv")):
+            write(fname, render_criteria(crit, fmt))
         meta = d["criteria_meta"]
         sections.append(H.Section("criteria", "Plausibility criteria",
-                                  '<div class="scroll">' + T.html_table(header, rows, cls="criteria") + "</div>",
-                                  cnotes + [f"Measured with bioplausible {meta.get('version')} at {meta.get('created')}. "
+                                  '<div class="scroll">' + render_criteria(crit, "html") + "</div>",
+                                  [f"Measured with bioplausible {meta.get('version')} at {meta.get('created')}. "
                                             "Files: criteria.md, criteria.tex, criteria.csv."]))
     else:
         sections.append(H.Section("criteria", "Plausibility criteria",
@@ -170,16 +173,27 @@ def build(store, out: str | Path, run_ids: list[str] | None = None, runs: str | 
 
     # brain
     brain = d["brain"]
+    brain_status = (brain or {}).get("status") or []
     if brain and brain.get("rows"):
         header, rows = T.generic(brain["pivot_rows"], brain["pivot_columns"])
-        write("brain.md", T.markdown(header, rows))
+        verdicts = brain.get("verdicts") or []
+        md = T.markdown([T.md_text(h) for h in header], [[T.md_text(c) for c in r] for r in rows])
+        if verdicts:
+            md += "\nVerdicts (corrected tests):\n\n" + "".join(f"- {T.md_text(v)}\n" for v in verdicts)
+        md += "".join(f"\n{T.md_text(n)}\n" for n in brain_status + brain.get("notes", []))
+        write("brain.md", md)
         write("brain.csv", T.csv_text(*T.generic(brain["rows"], brain["columns"])))
-        sections.append(H.Section("brain", "Brain similarity", '<div class="scroll">' + T.html_table(header, rows, cls="brain") + "</div>",
-                                  brain.get("notes", []) + ["Files: brain.md, brain.csv."]))
+        vhtml = ("<p><b>Verdicts</b> (what the corrected tests say):</p><ul>"
+                 + "".join(f"<li>{_html.escape(v)}</li>" for v in verdicts) + "</ul>") if verdicts else ""
+        sections.append(H.Section("brain", "Brain similarity", vhtml + '<div class="scroll">'
+                                  + T.html_table(header, rows, cls="brain") + "</div>",
+                                  brain_status + brain.get("notes", []) + ["Files: brain.md, brain.csv."]))
     else:
-        sections.append(H.Section("brain", "Brain similarity",
+        why = "".join(f"<p>{_html.escape(m)}</p>" for m in brain_status)
+        sections.append(H.Section("brain", "Brain similarity", why or
                                   "<p>No brain comparison in the store for these runs "
                                   "(needs the brain data: <code>bioplausible data fetch kriegeskorte92</code>).</p>"))
+        brain = None
 
     # plots
     figs = []

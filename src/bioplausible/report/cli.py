@@ -29,16 +29,16 @@ def register(app: typer.Typer) -> None:
         from ..experiments.store import Store, StoreError
         from . import build
 
-        err = Console(stderr=True)
+        err = Console(stderr=True, soft_wrap=True)
         if metric not in ("test_acc", "best_val_test_acc", "val_acc", "train_acc"):
             err.print(f"[bold red]error:[/] --metric must be test_acc, best_val_test_acc, val_acc or train_acc, got {escape(metric)}")
-            raise typer.Exit(1)
+            raise typer.Exit(2)
         if not store.exists():
             err.print(f"[bold red]error:[/] no results store at {escape(str(store))} (run `bioplausible compare` first, or pass --store)")
-            raise typer.Exit(1)
+            raise typer.Exit(2)
         try:
-            paths = build(Store(store), out, runs=runs, metric=metric, title=title)
+            paths = build(Store(store, readonly=True), out, runs=runs, metric=metric, title=title)
         except StoreError as e:
             err.print(f"[bold red]error:[/] {escape(str(e))}")
-            raise typer.Exit(1)
+            raise typer.Exit(2)
         Console().print(f"report: {len(paths) - 1} files in {escape(str(out))}/, open {escape(str(paths['html']))}")

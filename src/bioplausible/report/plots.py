@@ -208,7 +208,7 @@ def rdms(panels: list[tuple[str, Any]], out: Path, caption: str) -> Figure | Non
     return f
 
 
-KIND_COLORS = {"trained": "tab:blue", "untrained": "0.6", "reference": "tab:orange"}
+KIND_COLORS = {"trained": "tab:blue", "untrained": "0.6", "pixels": "0.35", "reference": "tab:orange"}
 
 
 def brain_similarity(targets: dict[str, dict], out: Path) -> Figure | None:

@@ -10,6 +10,7 @@ import html
 import io
 import json
 import math
+import re
 import statistics
 from dataclasses import dataclass, field
 from typing import Any, Iterable
@@ -284,15 +285,16 @@ def read_brain(store, run_ids: list[str] | None = None) -> dict[str, Any] | None
     `bioplausible.brain.store`, and `brain_rdms` written by `compare`):
     {columns, rows, targets: {target: {bars, ceiling}}, rdms, notes}; None when absent."""
     tables = set(store.tables())
+    status = [r["message"] for r in store.query("SELECT message FROM brain_status")] if "brain_status" in tables else []
     if "brain_summary" not in tables:
-        return None
+        return {"status": status} if status else None
     summ = store.query("SELECT * FROM brain_summary ORDER BY recordings, method, distance, target, position")
     if not summ:
-        return None
+        return {"status": status} if status else None
     ceil = {(c["recordings"], c["target"], c["method"]): c for c in store.query("SELECT * FROM brain_ceiling")} \
         if "brain_ceiling" in tables else {}
-    columns = ["target", "group", "kind", "n", "best layer", "similarity", "95% interval", "noise ceiling",
-               "fraction of ceiling"]
+    columns = ["target", "group", "kind", "n", "best layer", "similarity", "95% interval", "partial (pixels)",
+               "vs untrained (FDR p)", "vs pixels (FDR p)", "noise ceiling", "fraction of ceiling"]
     rows, targets = [], {}
     for s in summ:
         tkey = f"{s['target']} ({s['recordings']}, {s['method']})"
@@ -300,6 +302,9 @@ def read_brain(store, run_ids: list[str] | None = None) -> dict[str, Any] | None
         rows.append({"target": s["target"], "group": s["grp"], "kind": s["kind"], "n": s["n_members"],
                      "best layer": s.get("best_layer") or "", "similarity": _num(s.get("score")),
                      "95% interval": f"[{_num(s.get('ci_low'))}, {_num(s.get('ci_high'))}]",
+                     "partial (pixels)": _num(s.get("partial")),
+                     "vs untrained (FDR p)": _vs(s.get("diff_untrained"), s.get("p_untrained")),
+                     "vs pixels (FDR p)": _vs(s.get("diff_pixels"), s.get("p_pixels")),
                      "noise ceiling": f"[{_num(lo)}, {_num(hi)}]", "fraction of ceiling": _num(s.get("fraction"), 2)})
         t = targets.setdefault(tkey, {"bars": [], "ceiling": None, "description": ""})
         t["bars"].append({"label": s["grp"], "kind": s["kind"], "value": s.get("score"),
@@ -314,10 +319,12 @@ def read_brain(store, run_ids: list[str] | None = None) -> dict[str, Any] | None
     groups: dict[str, dict[str, Any]] = {}
     for s in summ:
         g = groups.setdefault(s["grp"], {"group": s["grp"], "kind": s["kind"], "n": s["n_members"]})
-        g[s["target"]] = f"{_num(s.get('score'))} [{_num(s.get('ci_low'))}, {_num(s.get('ci_high'))}]"
+        g[s["target"]] = (f"{_num(s.get('score'))} [{_num(s.get('ci_low'))}, {_num(s.get('ci_high'))}]"
+                          + (f" partial {_num(s.get('partial'))}" if s["kind"] in ("trained", "untrained") else "")
+                          + (" uninformative (flat RDM)" if s.get("uninformative") else ""))
         ceiling_cell = f"[{_num(s.get('noise_lower'))}, {_num(s.get('noise_upper'))}]"
         groups.setdefault("\0ceiling", {"group": "noise ceiling", "kind": "", "n": ""})[s["target"]] = ceiling_cell
-    kind_order = {"trained": 0, "untrained": 1, "reference": 2}
+    kind_order = {"trained": 0, "untrained": 1, "pixels": 2, "reference": 3}
     ceiling_row = groups.pop("\0ceiling")
     # backprop's groups first (the baseline), as in the accuracy table
     ordered = sorted(groups.values(), key=lambda g: (kind_order.get(g["kind"], 3),
@@ -326,13 +333,23 @@ def read_brain(store, run_ids: list[str] | None = None) -> dict[str, Any] | None
     pivot_columns = ["group", "kind", "n"] + tnames
     pivot_rows = [ceiling_row] + ordered
     meta = summ[0]
-    n_sel = len([x for x in str(meta.get("selection") or "").split(",") if x])
+    first = [s for s in summ if s["target"] == meta["target"] and s["recordings"] == meta["recordings"]
+             and s["method"] == meta["method"] and s["distance"] == meta["distance"]]
+    n_runs = sum(int(s["n_members"]) for s in first if s["kind"] == "trained")
+    trained_n = [int(s["n_members"]) for s in first if s["kind"] == "trained"]
     notes = [f"Latest brain analysis in the store: {meta['recordings']}, {meta['method']} between RDMs "
              f"({meta['distance']} distance), best layer chosen on one half of the stimuli and scored on the other, "
-             f"95% bootstrap intervals over stimuli ({meta.get('n_boot')} resamples), created {meta['created']}"
-             + (f", {n_sel} runs" if n_sel else "") + ". Groups: a rule on a model/dataset averaged over seeds; "
-             "'untrained' = the same architecture with random weights (the baseline to beat); 'reference' = the "
-             "data's classic model RDMs. Cells: similarity [95% interval]; n = runs or seeds averaged."]
+             f"95% intervals from the dual bootstrap (subjects and stimuli where a target has several subject RDMs, "
+             f"else stimuli; {meta.get('n_boot')} resamples) and seed variance, created {meta['created']}, "
+             f"{n_runs} trained run{'s' * (n_runs != 1)}. Groups: a rule on a model/dataset averaged over seeds; "
+             "'untrained <rule> <model>' = the same architecture with random weights (the baseline to beat); "
+             "'pixels <data>' = the RDM of exactly the input the networks see; 'reference' = the data's classic "
+             "model RDMs. Cells: similarity [95% interval] and partial = Spearman partial correlation controlling "
+             "for the pixel RDM; n = runs or seeds averaged. p values: t tests on the dual-bootstrap variance, "
+             "FDR-corrected (Benjamini-Hochberg)."]
+    if trained_n and max(trained_n) < 2:
+        notes.append("One seed per rule: seed-to-seed variance of the networks is not included in the intervals "
+                     "or tests.")
     rdms = []
     if "brain_rdms" in tables:
         for r in store.rdms():
@@ -343,77 +360,32 @@ def read_brain(store, run_ids: list[str] | None = None) -> dict[str, Any] | None
                 for j in range(i + 1, n):
                     m[i][j] = m[j][i] = next(it)
             rdms.append((r["label"], m))
+    verdicts = [r["line"] for r in store.query("SELECT line FROM brain_verdicts WHERE recordings = ? AND method = ? "
+                                                 "AND distance = ? ORDER BY position",
+                                                 (meta["recordings"], meta["method"], meta["distance"]))] \
+        if "brain_verdicts" in tables else []
     return {"columns": columns, "rows": rows, "pivot_columns": pivot_columns, "pivot_rows": pivot_rows,
-            "targets": targets, "rdms": rdms, "notes": notes}
+            "targets": targets, "rdms": rdms, "notes": notes, "verdicts": verdicts, "status": status}
 
 
-# -- the criteria matrix ---------------------------------------------------------------------------
-SYMBOL = {"yes": "✓", "no": "✗", "partial": "◐"}
-CRITERIA_NAMES = {
-    "c1_no_weight_transport": "C1 no weight transport", "c2_local_error": "C2 local error",
-    "c3_single_phase": "C3 single phase", "c4_spiking": "C4 spiking",
-    "c5_label_free_hidden": "C5 label-free hidden", "c6_unsigned_error": "C6 unsigned error",
-}
+def _vs(diff: Any, p: Any) -> str:
+    if not isinstance(diff, (int, float)) or not math.isfinite(diff):
+        return "–"
+    ps = "–" if not isinstance(p, (int, float)) or not math.isfinite(p) else ("<0.001" if p < 0.001 else f"{p:.3f}")
+    return f"{diff:+.3f} (p {ps})"
 
 
-def cell_verdict(cell: dict[str, Any]) -> str | None:
-    """The verdict a matrix cell stands for: measured by a probe where one decided, else claimed."""
-    if not isinstance(cell, dict) or cell.get("source") == "error":
-        return None
-    v = cell.get("measured") if cell.get("source") == "measured" else cell.get("claim")
-    return v if v in SYMBOL else None
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+!<>&~])")  # "|" is markdown()'s
 
 
-def criteria_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]], list[str]]:
-    """(header, body, footnotes) of the stored criteria matrix. Rows as built by
-    `bioplausible.criteria.matrix.build_matrix` ({rule, cells: {criterion: {...}}, paper,
-    flags, error}); other row shapes are shown column by column."""
-    if not rows or not all(isinstance(r.get("cells"), dict) for r in rows):
-        header, body = generic(rows)
-        return header, body, []
-    keys: list[str] = []
-    for r in rows:
-        keys += [k for k in r["cells"] if k not in keys]
-    header = ["rule"] + [CRITERIA_NAMES.get(k, k) for k in keys] + ["paper"]
-    body, notes = [], []
-    for r in rows:
-        line = [str(r.get("rule"))]
-        for k in keys:
-            c = r["cells"].get(k)
-            if not isinstance(c, dict):
-                line.append("")
-                continue
-            if c.get("source") == "error":
-                line.append("error")
-                continue
-            v = cell_verdict(c)
-            t = f"{SYMBOL.get(v, '?')} {c.get('source', '')}".strip()
-            if c.get("flag"):
-                t += " ⚠"
-                notes.append(f"⚠ {r.get('rule')} {k.split('_')[0].upper()}: {c['flag']}")
-            line.append(t)
-        line.append(str(r.get("paper")) if r.get("paper") is not None else "–")
-        if r.get("error"):
-            notes.append(f"error {r.get('rule')}: {str(r['error']).splitlines()[0][:200]}")
-        body.append(line)
-    notes.insert(0, "✓ satisfies, ✗ does not, ◐ partially; measured = decided by a probe on the rule's "
-                    "train_step, claimed = the rule's own claim (no probe applies); ⚠ = a probe contradicts "
-                    "the claim; paper = criteria the reference paper credits the rule family with.")
-    return header, body, notes
+def md_text(s: Any) -> str:
+    """Text from file names, options or run labels, safe in Markdown: Markdown and HTML
+    specials backslash-escaped, newlines folded."""
+    return _MD_SPECIAL.sub(r"\\\1", str(s)).replace("\n", " ")
 
 
-def criteria_csv(rows: list[dict[str, Any]]) -> str:
-    """Long format: one line per rule and criterion."""
-    if not rows or not all(isinstance(r.get("cells"), dict) for r in rows):
-        return csv_text(*generic(rows))
-    header = ["rule", "criterion", "verdict", "source", "claim", "measured", "paper", "contradiction", "evidence"]
-    out = []
-    for r in rows:
-        for k, c in r["cells"].items():
-            out.append([r.get("rule"), k, cell_verdict(c) or ("error" if c.get("source") == "error" else ""),
-                        c.get("source"), c.get("claim"), c.get("measured"), c.get("paper"), c.get("flag") or "",
-                        c.get("evidence") or ""])
-    return csv_text(header, out)
+# -- the criteria matrix: rendered by bioplausible.criteria.render, the one renderer of every format
+from ..criteria.render import cell_verdict  # noqa: E402,F401  (used by the plausibility scores)
 
 
 def latex(header: list[str], rows: list[list[str]]) -> str:
