@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from bioplausible.algorithms.stdp import RSTDP, STDP
+from bioplausible.algorithms.stdp import STDP, DecisionLayer
 from bioplausible.algorithms.stdp_conv import ConvRSTDP, ConvSTDP
 from bioplausible.config import RunConfig
 from bioplausible.experiments.runner import build_learner, execute
@@ -28,7 +28,7 @@ def test_cnn_dispatches_to_conv_stdp():
     assert type(mlp) is STDP  # the dense rule is untouched
     assert type(copy.deepcopy(L)) is ConvSTDP
     r = build_learner(RunConfig(rule="rstdp", model="cnn", data="digits", channels=(8,)), (1, 8, 8), 10)
-    assert type(r) is ConvRSTDP and isinstance(r, RSTDP) and r.readout.out_features == 100
+    assert type(r) is ConvRSTDP and isinstance(r, DecisionLayer) and r.readout.out_features == 100
 
 
 def test_conv_stdp_learns_on_digits(digits):

@@ -64,9 +64,10 @@ def test_validation_errors_name_file_and_key(text, needle):
     assert needle in msg, msg
 
 
-def test_unregistered_rule_settings_are_a_note_with_all():
-    sw = parse("[grid]\nrules = 'all'\n[rules.notyet]\nlr = 0.1\n")
-    assert any("notyet" in n for n in sw.notes)
+def test_settings_of_an_unknown_rule_are_an_error_with_all_too():
+    # every preset ships with the package, so a [rules.X] of no registered rule is a typo
+    with pytest.raises(S.SweepError, match=r"\[rules.notyet\]: unknown rule 'notyet'"):
+        parse("[grid]\nrules = 'all'\n[rules.notyet]\nlr = 0.1\n")
 
 
 def test_presets_parse_and_configs_are_the_shipped_files():

@@ -27,10 +27,10 @@ def rules() -> list[dict[str, Any]]:
     """Every learning rule: name, one-line description, the package models it trains
     (`mlp`, `cnn`) and whether it trains a network of one's own (`custom`, with the
     reason where it does not)."""
-    from .algorithms import all_rules
+    from .algorithms import all_rules, architectures
 
     return [
-        {"name": n, "description": cls.description, "architectures": tuple(cls.architectures),
+        {"name": n, "description": cls.description, "architectures": architectures(n),
          "custom": not cls.own_network, "why_not_custom": cls.own_network or None}
         for n, cls in all_rules().items()
     ]
@@ -48,12 +48,14 @@ def _config(rule: str, model: str, options: dict[str, Any], **fixed: Any) -> Run
     """A RunConfig from keyword options: the ones RunConfig names are run settings (lr,
     batch_size, optimizer, widths, ...), the rest go to the rule's own Options, which
     reject a misspelt one by name."""
+    from .algorithms import resolve
     from .config import RunConfig
 
     run_kw = {k: v for k, v in options.items() if k in RunConfig.model_fields and k != "rule_options"}
     rule_kw = {**options.get("rule_options", {}), **{k: v for k, v in options.items()
                                                      if k not in RunConfig.model_fields}}
-    return RunConfig(rule=rule, model=model, rule_options=rule_kw, **fixed, **run_kw)
+    # the registry writes the rule's defaults in: the config (and its key) is the one recorded
+    return resolve(RunConfig(rule=rule, model=model, rule_options=rule_kw, **fixed, **run_kw))
 
 
 def learner(rule: str, model: str | nn.Sequential = "mlp", input_shape=None, num_classes: int | None = None,

@@ -66,9 +66,8 @@ Choices, and why
   itself runs entirely under `torch.no_grad()`.
 - Random numbers come from a `torch.Generator` seeded from `cfg.seed` on the input's device;
   its state is checkpointed.
-- Defaults: K = 16 draws per batch (both rules), sigma = 0.01, antithetic, layerwise, gated,
-  NP at the unit outputs, WP with Flipout, not balanced. The learning rate is the run's
-  (`cfg.lr`).
+- Defaults: the `Options` fields' (`bioplausible list --options wp`), not repeated here. The
+  learning rate is the run's (`cfg.lr`).
 
 What was measured with these rules (and why WP's CNN needs long schedules: the variance of a
 layer's estimate grows with its number of weights over the number of directions measured)

@@ -382,18 +382,10 @@ class STDP(Learner):
         return {"fc1": rates, "out": self.scores(counts, state)}
 
 
-class RSTDP(STDP):
-    name = "rstdp"
-    description = "Reward-modulated STDP (Mozafari et al. 2018): STDP layer + decision neurons learning from reward"
-    Options = RSTDPOptions
-    claims = Claims(
-        c1_no_weight_transport=yes("no feedback pathway: updates use spike traces and a scalar reward"),
-        c2_local_error=partial("synapses use local traces times one global scalar reward (a neuromodulator)"),
-        c3_single_phase=yes("the reward arrives at the end of the same presentation"),
-        c4_spiking=yes("LIF neurons communicate by binary spikes"),
-        c5_label_free_hidden=yes("the excitatory layer learns by unsupervised STDP; only decision neurons get reward"),
-        c6_unsigned_error=partial("a scalar reward/punishment (+1/-1), no per-neuron error"),
-    )
+class DecisionLayer:
+    """Mozafari et al.'s decision layer, for a spiking learner (`STDP` or `stdp_conv.ConvSTDP`)
+    whose last layer it replaces: decision neurons read the layer below's spikes, one winner per
+    presentation learns by reward-modulated STDP. Listed before the learner in the bases."""
 
     # multiplier of the reward and punishment rates, set per epoch from the run's lr schedule
     rate_factor = 1.0
@@ -524,3 +516,19 @@ class RSTDP(STDP):
         w = self.readout.weight
         w.add_(dw * w * (1 - w)).clamp_(0.0, 1.0)
         return {"reward": hit.float().mean().item(), "decision_winners": float(win.unique().numel())}
+
+
+class RSTDP(DecisionLayer, STDP):
+    """``rstdp`` on the MLP: the dense STDP layer, then the decision layer."""
+
+    name = "rstdp"
+    description = "Reward-modulated STDP (Mozafari et al. 2018): STDP layer + decision neurons learning from reward"
+    Options = RSTDPOptions
+    claims = Claims(
+        c1_no_weight_transport=yes("no feedback pathway: updates use spike traces and a scalar reward"),
+        c2_local_error=partial("synapses use local traces times one global scalar reward (a neuromodulator)"),
+        c3_single_phase=yes("the reward arrives at the end of the same presentation"),
+        c4_spiking=yes("LIF neurons communicate by binary spikes"),
+        c5_label_free_hidden=yes("the excitatory layer learns by unsupervised STDP; only decision neurons get reward"),
+        c6_unsigned_error=partial("a scalar reward/punishment (+1/-1), no per-neuron error"),
+    )

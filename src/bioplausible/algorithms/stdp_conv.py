@@ -76,9 +76,8 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from ..models import Layer, Stack
 from ..models.spiking import decay, dog_kernel, encode, on_off, to_unit_range
-from .base import Learner
 from .claims import Claims, partial, yes
-from .stdp import RSTDP, STDP
+from .stdp import STDP, DecisionLayer
 
 # One wide conv layer: with pooled spike counts and a linear readout it beat two layers (32, 64)
 # on mnist5k at a fraction of the cost (docs/notes/stdp.md)
@@ -226,10 +225,6 @@ class ConvSTDP(STDP):
 
     def trainable_parameters(self):
         return list(self.readout.parameters())
-
-    def make_optimizer(self, params, lr=None):
-        # the readout uses the shared optimiser like every other rule's updates
-        return Learner.make_optimizer(self, params, lr)
 
     # -- the trace rule ----------------------------------------------------------------------
     @torch.no_grad()
@@ -401,7 +396,7 @@ class ConvSTDP(STDP):
         return out
 
 
-class ConvRSTDP(ConvSTDP, RSTDP):
+class ConvRSTDP(DecisionLayer, ConvSTDP):
     """``rstdp`` on the CNN, after Mozafari et al. (2018, "Bio-inspired digit recognition using
     reward-modulated spike-timing-dependent plasticity in deep convolutional networks"): the
     conv layers of `ConvSTDP` (unsupervised STDP, layer-wise), then decision neurons
@@ -423,11 +418,11 @@ class ConvRSTDP(ConvSTDP, RSTDP):
     reward; the conv layers never see them.
 
     Defaults: the decision at the deadline (``decision="deadline"``) with the confidence-predicted
-    reward (``confidence`` 0.01), fixed rates 0.05 / 0.05 (``adaptive_rates`` off): measured better
-    than Mozafari et al.'s race with adaptive rates (full MNIST, 3 epochs: 94.26% against 91.46%).
-    That run, the rest of what was measured and what was tried and dropped are in
-    docs/notes/stdp.md."""
+    reward (``confidence``), fixed rates (``adaptive_rates`` off): on full MNIST these settings
+    beat Mozafari et al.'s race with adaptive rates by about three points. That run, the rest
+    of what was measured and what was tried and dropped are in docs/notes/stdp.md."""
 
+    name = "rstdp"
     description = "Conv R-STDP (Mozafari et al. 2018): conv STDP layers + decision neurons learning from reward"
     Options = ConvRSTDPOptions
     reads_spikes = True
@@ -466,15 +461,10 @@ class ConvRSTDP(ConvSTDP, RSTDP):
     def trainable_parameters(self):
         return []
 
-    def make_optimizer(self, params, lr=None):
-        return STDP.make_optimizer(self, params, lr)
-
     def scores_by_best_neuron(self) -> bool:
         # the decision is the class of the winning neuron (the one rewarded or punished), so a
         # class scores by its best decision neuron, not by their sum, in the race too
         return True
-
-    scores = RSTDP.scores  # ConvSTDP's readout scores come first in the MRO
 
     def train_step(self, x, y):
         counts, extra, stats = self.unsupervised_stage(x)

@@ -145,6 +145,3 @@ def build_matrix(rules: Iterable | None = None) -> list[dict[str, Any]]:
     from ..algorithms import RULES
 
     return [matrix_row(r) for r in (list(rules) if rules is not None else list(RULES))]
-
-
-from .render import RENDERERS, cell_text, render  # noqa: E402,F401  (one renderer, re-exported)

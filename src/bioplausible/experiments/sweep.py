@@ -199,7 +199,6 @@ def _check_rule_options(src: str, where: str, rule: str, opts: dict[str, Any], m
 def parse_sweep(text: str, src: str = "<sweep>") -> Sweep:
     """Parse and validate a sweep file's text. Errors name `src` and the offending key."""
     from ..algorithms import RULES
-    from ..algorithms import get as get_rule
     from ..data import DATASETS
     from ..models import ARCHITECTURES
 
@@ -258,19 +257,8 @@ def parse_sweep(text: str, src: str = "<sweep>") -> Sweep:
         raise SweepError(f"{src}: [rules] must be a table of [rules.NAME] tables")
     for r, t in rtables.items():
         if r not in RULES:
-            if grid["rules"] == "all":
-                # The presets carry settings for rules that may not be registered in this
-                # version; with "all" they are simply not in the grid.
-                notes.append(f"{src}: [rules.{r}] ignored: rule {r!r} is not registered")
-                continue
             raise SweepError(f"{src}: [rules.{r}]: unknown rule {r!r}; known: {', '.join(RULES)}")
         where = f"rules.{r}"
-        try:
-            get_rule(r)
-        except Exception as e:
-            notes.append(f"{src}: [rules.{r}] not checked: rule {r!r} cannot be loaded ({type(e).__name__}: {e})")
-            rule_over[r] = dict(t)
-            continue
         t = _check_fields(src, where, t, r, extra={"models", "datasets"})
         for sub, known in (("models", ARCHITECTURES), ("datasets", DATASETS)):
             subt = _check_keys(src, f"{where}.{sub}", t.get(sub, {}), set(known))
@@ -359,11 +347,7 @@ def expand(sw: Sweep, device: str = "auto") -> tuple[list[Cell], list[Skipped]]:
     for data in sw.datasets:
         for model in sw.models:
             for rule in sw.rules:
-                try:
-                    archs = architectures(rule)
-                except Exception as e:  # a registered rule whose module is broken or not there yet
-                    skipped.append(Skipped(rule, model, data, f"rule {rule} cannot be loaded: {type(e).__name__}: {e}"))
-                    continue
+                archs = architectures(rule)
                 if model not in archs:
                     skipped.append(Skipped(rule, model, data, f"rule {rule} supports {', '.join(archs)} only"))
                     continue
