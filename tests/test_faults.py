@@ -450,3 +450,30 @@ def test_ray_node_problems_name_node_and_difference():
     p = node_problems(driver, other)
     assert any("w2" in s and "0.9" in s for s in p) and any("fa" in s for s in p)
     assert any("not found" in s for s in p)
+
+
+def test_cluster_lost_mid_grid_says_how_many_were_recorded(tmp_path, monkeypatch):
+    import bioplausible.experiments.sweep as sw
+
+    calls = []
+
+    def lost_after_one(cells, store, **kw):
+        sw.run_sequential(cells[:1], store, threads=1)
+        calls.append(len(cells))
+        raise sw.ClusterLost("the head at 10.0.0.1:6379 has not answered for 15 s")
+
+    monkeypatch.setattr(sw, "run_ray", lost_after_one)
+    monkeypatch.setattr(sw, "connect_ray", lambda *a, **k: None)
+    p = _sweep(tmp_path, b"[grid]\nrules = ['bp', 'fa']\nseeds = 2\n[defaults]\nepochs = 1\nwidths = [8]\n")
+    store = tmp_path / "s.sqlite"
+    one_line_error(["compare", "--config", p, "--store", store, "--ray", "auto", "--no-criteria", "--no-brain",
+                    "--no-report"], "1 of 4 runs recorded; run the same command again to resume", code=1)
+    assert calls == [4] and len(rows(store)) == 2  # one run and its one epoch
+
+
+def test_head_probe():
+    from bioplausible.experiments.sweep import _head_address, _reachable
+
+    assert _head_address(None, "ray://127.0.0.1:1") == ("127.0.0.1", 1)
+    assert _head_address(None, "local") is None
+    assert not _reachable("127.0.0.1", 1)
