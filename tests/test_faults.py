@@ -477,3 +477,18 @@ def test_head_probe():
     assert _head_address(None, "ray://127.0.0.1:1") == ("127.0.0.1", 1)
     assert _head_address(None, "local") is None
     assert not _reachable("127.0.0.1", 1)
+
+
+def test_responses_with_no_channels_name_the_file(tmp_path):
+    from bioplausible.brain.recordings import read_responses_file
+    from bioplausible.data import DataError
+
+    p = tmp_path / "hIT.npy"
+    np.save(p, np.zeros((10, 0)))
+    with pytest.raises(DataError, match="hIT.npy: responses have no channels"):
+        read_responses_file(p)
+
+
+def test_sweep_cannot_set_the_data_digest(unchanged, tmp_path):
+    p = _sweep(tmp_path, b"[grid]\nrules = ['bp']\n[defaults]\ndata_digest = 'abc'\n")
+    one_line_error(["compare", "--config", p, "--store", unchanged, "--dry-run"], "defaults.data_digest")

@@ -54,9 +54,9 @@ MAX_SEEDS = 10_000  # a grid.seeds count beyond this is a typo, not a sweep (and
 TOP_KEYS = {"description", "grid", "defaults", "rules", "models", "datasets", "sweep"}
 GRID_KEYS = {"rules", "models", "datasets", "seeds"}
 SWEEP_KEYS = {"jobs", "threads", "brain_boot", "brain_untrained_seeds"}
-# RunConfig fields a sweep file may set; rule/model/data/seed come from the grid and the
-# device from the command line (the same file must run on a laptop and a GPU cluster).
-CELL_FIELDS = set(RunConfig.model_fields) - {"rule", "model", "data", "seed", "device"}
+# RunConfig fields a sweep file may set; rule/model/data/seed come from the grid, the
+# device from the command line, the data digest from the files (the same file must run on a laptop and a GPU cluster).
+CELL_FIELDS = set(RunConfig.model_fields) - {"rule", "model", "data", "seed", "device", "data_digest"}
 
 
 class SweepError(ValueError):
