@@ -55,7 +55,8 @@ TOP_KEYS = {"description", "grid", "defaults", "rules", "models", "datasets", "s
 GRID_KEYS = {"rules", "models", "datasets", "seeds"}
 SWEEP_KEYS = {"jobs", "threads", "brain_boot", "brain_untrained_seeds"}
 # RunConfig fields a sweep file may set; rule/model/data/seed come from the grid, the
-# device from the command line, the data digest from the files (the same file must run on a laptop and a GPU cluster).
+# device from the command line (the same file must run on a laptop and a GPU cluster),
+# the data digest from the files read.
 CELL_FIELDS = set(RunConfig.model_fields) - {"rule", "model", "data", "seed", "device", "data_digest"}
 
 
