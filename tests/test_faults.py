@@ -492,3 +492,33 @@ def test_responses_with_no_channels_name_the_file(tmp_path):
 def test_sweep_cannot_set_the_data_digest(unchanged, tmp_path):
     p = _sweep(tmp_path, b"[grid]\nrules = ['bp']\n[defaults]\ndata_digest = 'abc'\n")
     one_line_error(["compare", "--config", p, "--store", unchanged, "--dry-run"], "defaults.data_digest")
+
+
+@pytest.mark.skipif(not Path("/proc/sys").is_dir() or __import__("os").access("/proc/sys", 2),
+                    reason="needs a folder this user cannot write")
+def test_store_in_a_read_only_folder_is_refused_before_training(tmp_path):
+    t0 = time.perf_counter()
+    one_line_error(RUN + ["--store", "/proc/sys/store.sqlite"], "not writable")
+    assert time.perf_counter() - t0 < 5
+
+
+def test_data_list_shows_unverified_sets(tmp_path):
+    import gzip
+
+    root = tmp_path / "cache"
+    d = _fetched_cache(root).rename(root / "fashion-mnist")  # no per-file pins: any files do
+    for p in list(d.glob("*-ubyte")):
+        (d / (p.name + ".gz")).write_bytes(gzip.compress(p.read_bytes()))
+        p.unlink()
+    import hashlib
+    import json
+
+    m = json.loads((d / "MANIFEST.json").read_text())
+    m["files"] = {p.name: {"sha256": hashlib.sha256(p.read_bytes()).hexdigest(), "bytes": p.stat().st_size}
+                  for p in d.glob("*.gz")}
+    (d / "MANIFEST.json").write_text(json.dumps(m))
+    r = runner.invoke(app, ["data", "list", "--dest", str(root)])
+    assert r.exit_code == 0 and "not verified" in r.output, r.output
+    runner.invoke(app, ["data", "verify", "fashion-mnist", "--dest", str(root)])
+    r = runner.invoke(app, ["data", "list", "--dest", str(root)])
+    assert "not verified" not in r.output, r.output
