@@ -170,7 +170,7 @@ def cached_sha256(path: Path) -> str | None:
 
 
 def _data_files(folder: Path) -> list[Path]:
-    from .fetch import MANIFEST
+    from .base import MANIFEST
 
     out = []
     for p in sorted(folder.rglob("*")):
@@ -193,7 +193,7 @@ def data_digest(name: str, root: Path | str | None = None, rehash: bool = False)
 
 def folder_digest(folder: Path, name: str, rehash: bool = False) -> str:
     """`data_digest` of a folder (and its check against a MANIFEST.json there)."""
-    from .fetch import read_manifest
+    from .base import read_manifest
 
     _load_digest_cache(folder)  # it lists the files of subfolders (CIFAR's) too
     files = _data_files(folder)

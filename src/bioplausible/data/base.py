@@ -2,9 +2,24 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+# The sums of a fetched data set's files, written by `data fetch` beside them and checked
+# whenever the files are read (`bioplausible.data.data_digest`).
+MANIFEST = "MANIFEST.json"
+
+
+def read_manifest(folder: Path) -> dict[str, Any] | None:
+    try:
+        m = json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    return m if isinstance(m, dict) and isinstance(m.get("files"), dict) else None
 
 
 class DataError(ValueError):

@@ -36,13 +36,12 @@ from typing import Any, Callable, Iterator, Mapping
 import numpy as np
 
 from ..paths import data_home
-from .base import DataError
+from .base import MANIFEST, DataError, read_manifest
 
 __all__ = ["SOURCES", "Artifact", "Source", "fetch", "install", "verify_cache", "status"]
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "MANIFEST.json"
 _CMD_TIMEOUT_S = 1800  # a registry that stalls should end in an error, not a hung run
 
 
@@ -438,14 +437,6 @@ def install(
 
 
 # --------------------------------------------------------------------------- public API
-
-
-def read_manifest(folder: Path) -> dict[str, Any] | None:
-    try:
-        m = json.loads((folder / MANIFEST).read_text())
-    except (OSError, ValueError):
-        return None
-    return m if isinstance(m, dict) and isinstance(m.get("files"), dict) else None
 
 
 def verify_cache(name: str, dest_root: Path | str | None = None, rehash: bool = True) -> bool:
