@@ -522,3 +522,19 @@ def test_data_list_shows_unverified_sets(tmp_path):
     runner.invoke(app, ["data", "verify", "fashion-mnist", "--dest", str(root)])
     r = runner.invoke(app, ["data", "list", "--dest", str(root)])
     assert "not verified" not in r.output, r.output
+
+
+def test_old_store_gains_the_new_columns_and_keeps_its_rows(store, tmp_path):
+    from bioplausible.experiments.store import Store
+
+    old = tmp_path / "old.sqlite"
+    shutil.copy(store, old)
+    con = sqlite3.connect(old)
+    con.execute("ALTER TABLE runs DROP COLUMN checkpoint_sha256")
+    con.commit()
+    con.close()
+    before = rows(old)
+    Store(old)
+    Store(old)  # a second writer opening it finds the column there
+    after = rows(old)
+    assert [r[:-1] for r in after[:1]] == before[:1] and after[1:] == before[1:]
