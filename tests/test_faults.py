@@ -450,3 +450,91 @@ def test_ray_node_problems_name_node_and_difference():
     p = node_problems(driver, other)
     assert any("w2" in s and "0.9" in s for s in p) and any("fa" in s for s in p)
     assert any("not found" in s for s in p)
+
+
+def test_cluster_lost_mid_grid_says_how_many_were_recorded(tmp_path, monkeypatch):
+    import bioplausible.experiments.sweep as sw
+
+    calls = []
+
+    def lost_after_one(cells, store, **kw):
+        sw.run_sequential(cells[:1], store, threads=1)
+        calls.append(len(cells))
+        raise sw.ClusterLost("the head at 10.0.0.1:6379 has not answered for 15 s")
+
+    monkeypatch.setattr(sw, "run_ray", lost_after_one)
+    monkeypatch.setattr(sw, "connect_ray", lambda *a, **k: None)
+    p = _sweep(tmp_path, b"[grid]\nrules = ['bp', 'fa']\nseeds = 2\n[defaults]\nepochs = 1\nwidths = [8]\n")
+    store = tmp_path / "s.sqlite"
+    one_line_error(["compare", "--config", p, "--store", store, "--ray", "auto", "--no-criteria", "--no-brain",
+                    "--no-report"], "1 of 4 runs recorded; run the same command again to resume", code=1)
+    assert calls == [4] and len(rows(store)) == 2  # one run and its one epoch
+
+
+def test_head_probe():
+    from bioplausible.experiments.sweep import _head_address, _reachable
+
+    assert _head_address(None, "ray://127.0.0.1:1") == ("127.0.0.1", 1)
+    assert _head_address(None, "local") is None
+    assert not _reachable("127.0.0.1", 1)
+
+
+def test_responses_with_no_channels_name_the_file(tmp_path):
+    from bioplausible.brain.recordings import read_responses_file
+    from bioplausible.data import DataError
+
+    p = tmp_path / "hIT.npy"
+    np.save(p, np.zeros((10, 0)))
+    with pytest.raises(DataError, match="hIT.npy: responses have no channels"):
+        read_responses_file(p)
+
+
+def test_sweep_cannot_set_the_data_digest(unchanged, tmp_path):
+    p = _sweep(tmp_path, b"[grid]\nrules = ['bp']\n[defaults]\ndata_digest = 'abc'\n")
+    one_line_error(["compare", "--config", p, "--store", unchanged, "--dry-run"], "defaults.data_digest")
+
+
+@pytest.mark.skipif(not Path("/proc/sys").is_dir() or __import__("os").access("/proc/sys", 2),
+                    reason="needs a folder this user cannot write")
+def test_store_in_a_read_only_folder_is_refused_before_training(tmp_path):
+    t0 = time.perf_counter()
+    one_line_error(RUN + ["--store", "/proc/sys/store.sqlite"], "not writable")
+    assert time.perf_counter() - t0 < 5
+
+
+def test_data_list_shows_unverified_sets(tmp_path):
+    import gzip
+
+    root = tmp_path / "cache"
+    d = _fetched_cache(root).rename(root / "fashion-mnist")  # no per-file pins: any files do
+    for p in list(d.glob("*-ubyte")):
+        (d / (p.name + ".gz")).write_bytes(gzip.compress(p.read_bytes()))
+        p.unlink()
+    import hashlib
+    import json
+
+    m = json.loads((d / "MANIFEST.json").read_text())
+    m["files"] = {p.name: {"sha256": hashlib.sha256(p.read_bytes()).hexdigest(), "bytes": p.stat().st_size}
+                  for p in d.glob("*.gz")}
+    (d / "MANIFEST.json").write_text(json.dumps(m))
+    r = runner.invoke(app, ["data", "list", "--dest", str(root)])
+    assert r.exit_code == 0 and "not verified" in r.output, r.output
+    runner.invoke(app, ["data", "verify", "fashion-mnist", "--dest", str(root)])
+    r = runner.invoke(app, ["data", "list", "--dest", str(root)])
+    assert "not verified" not in r.output, r.output
+
+
+def test_old_store_gains_the_new_columns_and_keeps_its_rows(store, tmp_path):
+    from bioplausible.experiments.store import Store
+
+    old = tmp_path / "old.sqlite"
+    shutil.copy(store, old)
+    con = sqlite3.connect(old)
+    con.execute("ALTER TABLE runs DROP COLUMN checkpoint_sha256")
+    con.commit()
+    con.close()
+    before = rows(old)
+    Store(old)
+    Store(old)  # a second writer opening it finds the column there
+    after = rows(old)
+    assert [r[:-1] for r in after[:1]] == before[:1] and after[1:] == before[1:]

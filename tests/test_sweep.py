@@ -252,7 +252,8 @@ def test_ray_local_retries_a_dead_worker_and_records_once(tmp_path):
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         events = []
-        rows = S.run_ray(cells, store, address="local", on_event=events.append, max_retries=2, task=crash_once)
+        rows = S.run_ray(cells, store, address="local", on_event=events.append, max_retries=2, task=crash_once,
+                           check_nodes=True)  # the node check runs on a real (local) cluster too
     finally:
         ray.shutdown()
     assert marker.exists()  # the worker did die

@@ -236,6 +236,11 @@ def compare_main(
         for c in pending:
             console.print(f"  would run {c.label} ({c.id}) epochs={c.cfg.epochs} lr={c.cfg.lr}", highlight=False)
         return
+    if ray and pending:
+        try:
+            sw_mod.connect_ray(ray, num_cpus=jobs if jobs > 1 else None)
+        except sw_mod.SweepError as e:
+            _fail(str(e))
     t0 = time.perf_counter()
     display = _Display(cells, len(cells), n_before, per_run=not ray)
     try:
@@ -253,6 +258,8 @@ def compare_main(
         why = f" (the Ray cluster went away: {escape(str(e))})" if isinstance(e, sw_mod.ClusterLost) else ""
         err_console.print(f"interrupted{why}: {n_now} of {len(cells)} runs recorded; "
                           "run the same command again to resume", highlight=False, soft_wrap=True)
+        if isinstance(e, sw_mod.ClusterLost):
+            sw_mod.disconnect_ray()
         raise typer.Exit(130 if isinstance(e, KeyboardInterrupt) else 1)
     c = display.counts
     console.print(f"grid finished in {time.perf_counter() - t0:.0f} s: {c['done']} done, {c['diverged']} diverged, "

@@ -108,46 +108,43 @@ def data_folder(name: str, root: Path | str | None = None) -> Path | None:
 
 
 # Digests of data files, keyed by (path, size, mtime_ns): a file is hashed once per change,
-# not once per run. Kept in memory and, best effort, in <data_home>/.digests.json.
+# not once per run. Kept in memory and, best effort, in a hidden file in the data folder
+# (so it goes with the data: a refetch or a deleted folder takes it along).
 _DIGESTS: dict[str, list] = {}
-_DIGESTS_LOADED = False
+_LOADED: set[str] = set()
+_CACHE_NAME = ".digests.json"
 
 
-def _digest_cache_path() -> Path:
-    return data_home() / ".digests.json"
-
-
-def _load_digest_cache() -> None:
-    global _DIGESTS_LOADED
-    if _DIGESTS_LOADED:
+def _load_digest_cache(folder: Path) -> None:
+    key = str(folder.resolve())
+    if key in _LOADED:
         return
-    _DIGESTS_LOADED = True
+    _LOADED.add(key)
     try:
-        d = json.loads(_digest_cache_path().read_text())
-        if isinstance(d, dict):
-            _DIGESTS.update({k: v for k, v in d.items() if isinstance(v, list) and len(v) == 3})
+        d = json.loads((folder / _CACHE_NAME).read_text())
     except (OSError, ValueError):
-        pass
+        return
+    if isinstance(d, dict):
+        for rel, v in d.items():
+            if isinstance(v, list) and len(v) == 3:
+                _DIGESTS.setdefault(str((folder / rel).resolve()), v)
 
 
-def _save_digest_cache() -> None:
-    p = _digest_cache_path()
+def _save_digest_cache(folder: Path, files: list[Path]) -> None:
+    keep = {p.relative_to(folder).as_posix(): _DIGESTS[str(p.resolve())] for p in files
+            if str(p.resolve()) in _DIGESTS}
+    p = folder / _CACHE_NAME
     try:
         tmp = p.with_name(f"{p.name}.tmp{os.getpid()}")
-        home = str(data_home().resolve())
-        # only the cache's own files: digests of scratch folders would pile up forever
-        keep = {k: v for k, v in _DIGESTS.items() if k.startswith(home + os.sep)}
-        if not keep:
-            return
         tmp.write_text(json.dumps(keep))
         os.replace(tmp, p)
     except OSError:
-        pass  # a read-only cache folder only costs a rehash next time
+        pass  # a read-only data folder only costs a rehash in the next process
 
 
 def file_sha256(path: Path, rehash: bool = False) -> str:
     """sha256 of a file, cached by size and mtime (`rehash` ignores the cache)."""
-    _load_digest_cache()
+    _load_digest_cache(path.parent)
     st = path.stat()
     key = str(path.resolve())
     hit = _DIGESTS.get(key)
@@ -163,7 +160,7 @@ def file_sha256(path: Path, rehash: bool = False) -> str:
 
 def cached_sha256(path: Path) -> str | None:
     """The cached sha256 of `path` if it has not changed since it was hashed, else None."""
-    _load_digest_cache()
+    _load_digest_cache(path.parent)
     try:
         st = path.stat()
     except OSError:
@@ -198,11 +195,12 @@ def folder_digest(folder: Path, name: str, rehash: bool = False) -> str:
     """`data_digest` of a folder (and its check against a MANIFEST.json there)."""
     from .manifest import read_manifest
 
+    _load_digest_cache(folder)  # it lists the files of subfolders (CIFAR's) too
     files = _data_files(folder)
     if not files:
         raise DataError(f"{folder}: holds no data files (dataset {name!r})")
     sums = {p.relative_to(folder).as_posix(): file_sha256(p, rehash) for p in files}
-    _save_digest_cache()
+    _save_digest_cache(folder, files)
     manifest = read_manifest(folder)
     if manifest is not None:
         for fname, meta in manifest["files"].items():

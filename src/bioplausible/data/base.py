@@ -6,7 +6,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-
 class DataError(ValueError):
     """A data file is missing, truncated or malformed. The message names the file."""
 

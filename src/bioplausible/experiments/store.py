@@ -86,7 +86,11 @@ class Store:
                 for col, typ in _LATER_COLUMNS.items():
                     if col not in have:
                         # e.g. a store written before runs recorded their code: its runs count as stale
-                        con.execute(f"ALTER TABLE runs ADD COLUMN {col} {typ}")
+                        try:
+                            con.execute(f"ALTER TABLE runs ADD COLUMN {col} {typ}")
+                        except sqlite3.OperationalError as e:
+                            if "duplicate column" not in str(e):  # another process added it first
+                                raise
             finally:
                 con.close()
         except sqlite3.Error as e:

@@ -54,9 +54,10 @@ MAX_SEEDS = 10_000  # a grid.seeds count beyond this is a typo, not a sweep (and
 TOP_KEYS = {"description", "grid", "defaults", "rules", "models", "datasets", "sweep"}
 GRID_KEYS = {"rules", "models", "datasets", "seeds"}
 SWEEP_KEYS = {"jobs", "threads", "brain_boot", "brain_untrained_seeds"}
-# RunConfig fields a sweep file may set; rule/model/data/seed come from the grid and the
-# device from the command line (the same file must run on a laptop and a GPU cluster).
-CELL_FIELDS = set(RunConfig.model_fields) - {"rule", "model", "data", "seed", "device"}
+# RunConfig fields a sweep file may set; rule/model/data/seed come from the grid, the
+# device from the command line (the same file must run on a laptop and a GPU cluster),
+# the data digest from the files read.
+CELL_FIELDS = set(RunConfig.model_fields) - {"rule", "model", "data", "seed", "device", "data_digest"}
 
 
 class SweepError(ValueError):
@@ -606,20 +607,26 @@ def _ray_task(cfg_json: dict, threads: int) -> tuple[dict, bytes | None]:
 RAY_CONNECT_TIMEOUT_S = float(os.environ.get("BIOPLAUSIBLE_RAY_TIMEOUT", "60"))
 
 
-def check_ray_address(address: str) -> tuple[str, str | None, int | None]:
-    """Validate a --ray address and, for a remote one, that something listens there; a
-    SweepError otherwise (in seconds, not after Ray's minutes of retries)."""
+def _parse_ray_address(address: str) -> tuple[bool, str, int]:
+    """(Ray Client?, host, port) of a HOST:PORT or ray://HOST:PORT address; SweepError else."""
     import re
-    import socket
 
-    if address in ("local", "auto"):
-        return address, None, None
     m = re.fullmatch(r"(ray://)?([A-Za-z0-9._-]+|\[[0-9A-Fa-f:]+\]):(\d{1,5})", address)
     if not m or not 0 < int(m.group(3)) < 65536:
         raise SweepError(f"--ray {address}: not a Ray address; use local, auto, HOST:PORT (the head's GCS port, "
                          "usually 6379) or ray://HOST:PORT (Ray Client, usually 10001)")
-    host, port = m.group(2).strip("[]"), int(m.group(3))
-    if m.group(1):
+    return bool(m.group(1)), m.group(2).strip("[]"), int(m.group(3))
+
+
+def check_ray_address(address: str) -> tuple[str, str | None, int | None]:
+    """Validate a --ray address and, for a remote one, that something listens there; a
+    SweepError otherwise (in seconds, not after Ray's minutes of retries)."""
+    import socket
+
+    if address in ("local", "auto"):
+        return address, None, None
+    client, host, port = _parse_ray_address(address)
+    if client:
         import importlib.util
 
         if importlib.util.find_spec("grpc") is None:
@@ -635,6 +642,27 @@ def check_ray_address(address: str) -> tuple[str, str | None, int | None]:
     return address, host, port
 
 
+def connect_ray(address: str, num_cpus: int | None = None) -> None:
+    """Connect (or start a private Ray) before any output, so a bad address is one line."""
+    import ray
+
+    if not ray.is_initialized():
+        _ray_init(ray, address, num_cpus)
+
+
+def disconnect_ray(wait_s: float = 5.0) -> None:
+    """Leave a cluster that went away without waiting on it: ray.shutdown() would retry
+    the dead head, so it gets a few seconds in a thread and the process moves on."""
+    import threading
+
+    import ray
+
+    if ray.is_initialized():
+        t = threading.Thread(target=ray.shutdown, daemon=True)
+        t.start()
+        t.join(wait_s)
+
+
 def _ray_init(ray, address: str, num_cpus: int | None) -> None:
     """ray.init with a time limit and one-line errors (a wrong address otherwise hangs for
     minutes; a head with token authentication fails with a raw traceback)."""
@@ -646,10 +674,17 @@ def _ray_init(ray, address: str, num_cpus: int | None) -> None:
         return
     check_ray_address(address)
     box: dict[str, BaseException] = {}
+    # Ship this process's bioplausible to the workers (Ray's runtime_env): the cluster runs
+    # the code the driver fingerprints, whatever is installed on the nodes. Its dependencies
+    # (torch ...) must be there already. BIOPLAUSIBLE_RAY_SHIP=0 uses the nodes' own copy.
+    kw: dict[str, Any] = {}
+    if os.environ.get("BIOPLAUSIBLE_RAY_SHIP", "1") != "0":
+        kw["runtime_env"] = {"py_modules": [str(Path(__file__).resolve().parent.parent)],
+                             "excludes": ["__pycache__", "*.pyc"]}
 
     def init() -> None:
         try:
-            ray.init(address=address, log_to_driver=False)  # an existing cluster: its own settings
+            ray.init(address=address, log_to_driver=False, **kw)  # an existing cluster: its own settings
         except BaseException as e:  # noqa: BLE001 - handed to the caller
             box["e"] = e
 
@@ -663,8 +698,11 @@ def _ray_init(ray, address: str, num_cpus: int | None) -> None:
         e = box["e"]
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
         hint = ""
-        if "auth" in str(e).lower() or "token" in str(e).lower():
-            hint = "; the cluster uses token authentication: set RAY_AUTH_MODE=token (and its token) here too"
+        if isinstance(e, ConnectionError) and os.environ.get("RAY_AUTH_MODE") != "token":
+            # Ray 2.5x heads enable token authentication by default; the driver then only
+            # logs "InvalidAuthToken" and fails with a bare ConnectionError
+            hint = ("; if the head uses token authentication (the default of `ray start --head`), "
+                    "set RAY_AUTH_MODE=token here (the token is read from ~/.ray/auth_token or RAY_AUTH_TOKEN)")
         raise SweepError(f"--ray {address}: cannot connect ({type(e).__name__}: {first}){hint}") from None
 
 
@@ -720,6 +758,33 @@ def _check_nodes(ray, cells: list[Cell]) -> None:
                          " (install the same bioplausible on every node and fetch the data there)")
 
 
+HEAD_PROBE_S = 3.0  # how often run_ray checks that the head still answers
+HEAD_LOST_S = 15.0  # unanswered this long (well inside Ray's 60 s): the cluster is gone
+
+
+def _reachable(host: str, port: int) -> bool:
+    import socket
+
+    try:
+        socket.create_connection((host, port), timeout=2).close()
+        return True
+    except OSError:
+        return False
+
+
+def _head_address(ray, address: str) -> tuple[str, int] | None:
+    """(host, port) of the head to probe; None for a private local instance."""
+    if address == "local":
+        return None
+    if address != "auto":
+        return _parse_ray_address(address)[1:]
+    try:
+        host, port = ray.get_runtime_context().gcs_address.rsplit(":", 1)
+        return host, int(port)
+    except Exception:  # noqa: BLE001 - then only Ray's own detection remains
+        return None
+
+
 def _cluster_alive(ray) -> bool:
     try:
         return any(n.get("Alive") for n in ray.nodes())
@@ -757,11 +822,24 @@ def run_ray(cells: list[Cell], store, address: str = "local", on_event: OnEvent 
                 cfg = cfg.model_copy(update={"device": "cuda"})
             refs[remote.remote(cfg.model_dump(mode="json"), threads)] = cell
             on_event({"event": "submit", "id": cell.id, "label": cell.label})
+        head = _head_address(ray, address)
+        last_probe, unreachable_since = time.monotonic(), None
         while refs:
             try:
                 done, _ = ray.wait(list(refs), num_returns=1, timeout=0.5)
             except (ray.exceptions.RayError, ConnectionError, OSError) as e:
                 raise ClusterLost(f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}") from None
+            if head is not None and time.monotonic() - last_probe > HEAD_PROBE_S:
+                # Ray's own driver gives up on a dead head after 60 s by killing the process,
+                # with none of our message; a plain TCP probe notices first
+                last_probe = time.monotonic()
+                if _reachable(*head):
+                    unreachable_since = None
+                elif unreachable_since is None:
+                    unreachable_since = last_probe
+                elif last_probe - unreachable_since >= HEAD_LOST_S:
+                    raise ClusterLost(f"the head at {head[0]}:{head[1]} has not answered for "
+                                      f"{last_probe - unreachable_since:.0f} s")
             for ref in done:
                 cell = refs.pop(ref)
                 try:
