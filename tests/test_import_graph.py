@@ -66,22 +66,6 @@ def layer(mod: str) -> str:
     return parts[1] if len(parts) > 1 else "root"
 
 
-# Cycles known and not yet broken, each to be removed when it is: the test fails on any other.
-# data.fetch dispatches to the publishers' downloads (data.download), which build on fetch's
-# Source / install / verify_cache; breaking it means splitting fetch's core from its dispatch.
-KNOWN_CYCLES = [{"bioplausible.data.fetch", "bioplausible.data.download"}]
-
-
-def without_known_cycles(g: dict[str, set[str]]) -> dict[str, set[str]]:
-    """`g` less one edge of each known cycle (the one back from the later module to the first)."""
-    g = {m: set(t) for m, t in g.items()}
-    for cycle in KNOWN_CYCLES:
-        first, *rest = sorted(cycle)
-        for m in rest:
-            g[m].discard(first)
-    return g
-
-
 def find_cycle(g: dict[str, set[str]]) -> list[str] | None:
     state: dict[str, int] = {}  # 1 on the stack, 2 done
     stack: list[str] = []
@@ -109,16 +93,8 @@ def test_every_module_has_a_layer():
 
 
 def test_no_import_cycle():
-    cycle = find_cycle(without_known_cycles(graph()))
+    cycle = find_cycle(graph())
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
-
-
-def test_known_cycles_still_exist():
-    """A known cycle that has been broken must leave the list (so it cannot come back unseen)."""
-    g = graph()
-    for cycle in KNOWN_CYCLES:
-        sub = {m: g[m] & cycle for m in cycle}
-        assert find_cycle(sub) is not None, f"{sorted(cycle)} is no longer a cycle: remove it from KNOWN_CYCLES"
 
 
 def test_imports_go_down_the_layers():

@@ -105,7 +105,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Hash every file of fetched data sets and compare with the sums recorded when they were fetched."""
         from . import folder_digest
-        from .fetch import SOURCES, read_manifest
+        from .fetch import SOURCES
+        from .manifest import read_manifest
 
         _check_dest(dest)
         from ..paths import data_home

@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 from ..paths import data_home
 from .base import DataError
-from .fetch import Artifact, Source, _idx_check, _regex_select, install, verify_cache
+from .install import Artifact, Source, _idx_check, _regex_select, install, verify_cache
 
 __all__ = ["PUBLISHED", "Published", "fetch_published", "published_source"]
 
@@ -188,7 +188,7 @@ def fetch_published(name: str, dest_root: Path | str | None = None, force: bool 
     if name not in PUBLISHED:
         raise DataError(f"{name!r} is not served by a publisher here; known: {', '.join(PUBLISHED)}")
     root = Path(dest_root) if dest_root is not None else data_home()
-    if not force and verify_cache(name, root):
+    if not force and verify_cache(published_source(name), root):
         return root / name
     pub = PUBLISHED[name]
     # kept between tries so that an interrupted download resumes; removed once installed
@@ -209,7 +209,7 @@ def fetch_published(name: str, dest_root: Path | str | None = None, force: bool 
     archives = [downloads / _filename(u) for u, _ in pub.files if _filename(u).endswith((".tar.gz", ".tgz", ".tar"))]
     # one tarball (CIFAR) is unpacked by `install`; plain files (SVHN, KMNIST) are taken as a tree
     artifact = Artifact(archives[0] if len(pub.files) == 1 and archives else downloads, provenance)
-    target = install(name, artifact, root)
+    target = install(published_source(name), artifact, root)
     shutil.rmtree(downloads, ignore_errors=True)
     try:
         downloads.parent.rmdir()  # only when no other set's download is pending
