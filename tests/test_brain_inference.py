@@ -9,7 +9,6 @@ import itertools
 import re
 
 import numpy as np
-import pytest
 
 from bioplausible.brain import inference as infer
 from bioplausible.brain import recordings as R

@@ -216,7 +216,7 @@ def test_one_renderer_same_legend_and_footnotes_everywhere():
         render(rows, "pdf")
 
     from bioplausible.report import plausibility_scores
-    from bioplausible.report.tables import cell_verdict
+    from bioplausible.criteria.render import cell_verdict
     assert cell_verdict(rows[0]["cells"]["c1_no_weight_transport"]) == "no"
     # local: C2 and C3 yes, C1, C4, C5, C6 no; the probe-only C2a is not counted a second time
     assert plausibility_scores(rows) == {"bp": 0.0, "local": pytest.approx(2 / 6)}

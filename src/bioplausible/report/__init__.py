@@ -82,7 +82,7 @@ def plausibility_scores(rows: list[dict[str, Any]]) -> dict[str, float]:
     """Per rule: the mean over criteria of yes=1, partial=0.5, no=0 (measured where a probe
     decided, else claimed; cells in error left out). Rows are the stored criteria matrix."""
     from ..criteria.claims import CRITERIA
-    from .tables import cell_verdict
+    from ..criteria.render import cell_verdict
 
     scores: dict[str, float] = {}
     for r in rows:

@@ -386,10 +386,6 @@ def md_text(s: Any) -> str:
     return _MD_SPECIAL.sub(r"\\\1", str(s)).replace("\n", " ")
 
 
-# -- the criteria matrix: rendered by bioplausible.criteria.render, the one renderer of every format
-from ..criteria.render import cell_verdict  # noqa: E402,F401  (used by the plausibility scores)
-
-
 def latex(header: list[str], rows: list[list[str]]) -> str:
     def esc(s: str) -> str:
         return (tex_escape(s).replace("✓", r"\checkmark{}").replace("✗", r"$\times$").replace("◐", r"$\sim$")
