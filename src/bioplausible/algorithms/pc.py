@@ -46,9 +46,10 @@ Choices and why:
 - T: with the feed-forward initialisation the error reaches layer L-k after k steps, so a
   shallow stack needs few. On the CNN (five weight layers) T=8 matched T=20 on mnist5k
   (0.970 vs 0.966 test after 4 epochs) at a third of the cost, and reached 99.24% on full
-  MNIST after 15 epochs (T=20: 98.54% after 5); on the paper MLP (mnist5k, 5 epochs, seed 0)
-  T=8 gave 97.40% test against 97.30% for T=20, at 3.2x BP's step time instead of 7.3x. Hence
-  the default T=8; a stack deeper than about T layers needs a larger T.
+  MNIST after 15 epochs (T=20: 98.54% after 5); on the paper MLP (mnist5k, 5 epochs) T=8 gave
+  97.40% / 97.40% test (seeds 0 / 1) against 97.30% / 97.70% for T=20 (validation 95.75 / 96.75
+  against 95.75 / 96.00), at 3.2x BP's step time instead of 7.3x. Hence the default T=8; a
+  stack deeper than about T layers needs a larger T.
 - Prediction is the feed-forward pass: with the output unclamped the forward pass is the
   energy minimum (all errors zero), so no relaxation is needed at test time.
 - `train_step` reports the energies of the batch (mean over samples) at the first and last
