@@ -16,8 +16,9 @@ step: it sees matrix products and convolutions (forward and backward), not eleme
 work, so a rule that spends its time in element-wise updates (the spiking rules' membrane
 and trace updates, noise generation) shows a low efficiency: that is what bounds it. The
 reference matmul has the shape of the model's largest product (MLP: batch x 1024 x 1024;
-CNN: the im2col product of the conv layer with the most multiply-adds), so "efficiency" is
-the rule's FLOP rate over the rate this machine reaches on that product in the same round.
+CNN: the im2col product of the conv layer with the most multiply-adds, or that layer's
+convolution itself where it runs faster), so "efficiency" is the rule's FLOP rate over the
+rate this machine reaches on that product in the same round.
 """
 
 from __future__ import annotations
@@ -76,41 +77,60 @@ def count_flops(learner, x, y) -> int:
 
 
 class Matmul:
-    """The reference product: a (m x k) @ (k x n) matmul, timed in blocks."""
+    """The reference product, timed in blocks: a (m x k) @ (k x n) matmul, or with `conv`
+    (batch, c_in, h, w, c_out, kernel) that convolution too (the same product as the network
+    computes it; a direct convolution can beat its im2col matmul), the faster of the two."""
 
-    def __init__(self, m, k, n, device):
+    def __init__(self, m, k, n, device, conv=None):
         self.shape, self.device = (m, k, n), device
-        self.a = torch.randn(m, k, device=device)
-        self.b = torch.randn(k, n, device=device)
+        a = torch.randn(m, k, device=device)
+        b = torch.randn(k, n, device=device)
+        self.ops = [lambda: a @ b]
+        if conv is not None:
+            bsz, c_in, hh, ww, c_out, ks = conv
+            x = torch.randn(bsz, c_in, hh, ww, device=device)
+            w = torch.randn(c_out, c_in, ks, ks, device=device)
+            self.ops.append(lambda: torch.nn.functional.conv2d(x, w, padding=ks // 2))
         self.flops = 2 * m * k * n
         self.reps = 3
         self.rate()  # warm up, and size a block to about 50 ms
         self.reps = max(3, min(200, int(0.05 * self.rate() / self.flops)))
 
     def rate(self) -> float:
-        sync(self.device)
-        t0 = time.perf_counter()
-        for _ in range(self.reps):
-            self.a @ self.b
-        sync(self.device)
-        return self.flops * self.reps / (time.perf_counter() - t0)
+        best = 0.0
+        for op in self.ops:
+            sync(self.device)
+            t0 = time.perf_counter()
+            for _ in range(self.reps):
+                op()
+            sync(self.device)
+            best = max(best, self.flops * self.reps / (time.perf_counter() - t0))
+        return best
 
 
 def reference_shape(model, batch, learner) -> tuple[int, int, int]:
     """(m, k, n) of the model's largest product: batch x 1024 x 1024 for the MLP (its widest
     layer), the im2col product of the most expensive conv layer for the CNN."""
+    return reference(model, batch, learner)[0]
+
+
+def reference(model, batch, learner):
+    """(the largest product's (m, k, n), the conv layer's (batch, c_in, h, w, c_out, kernel)
+    or None)."""
     if model == "mlp":
-        return batch, 1024, 1024
+        return (batch, 1024, 1024), None
     stack = learner.stack
     with torch.no_grad():
         x = torch.zeros(1, *stack.input_shape, device=stack.layers[0].weight.device)
-        _, drives = stack.forward_cache(x)
-    best = (0, None)
-    for layer, a in zip(stack.layers, drives):
+        inputs, drives = stack.forward_cache(x)
+    best = (0, None, None)
+    for layer, h, a in zip(stack.layers, inputs, drives):
         m = batch * math.prod(a.shape[2:])
         shape = (m, layer.fan_in, layer.out_features)
-        best = max(best, (math.prod(shape), shape))
-    return best[1]
+        conv = (batch, *h.shape[1:], layer.out_features, layer.kernel_size) if layer.kind == "conv" else None
+        if math.prod(shape) > best[0]:
+            best = (math.prod(shape), shape, conv)
+    return best[1], best[2]
 
 
 def time_rule(learner, bp, ref, xs, ys, steps, warmup, rounds, device):
@@ -175,7 +195,8 @@ def print_table(rows, ref_shape):
               f"{r['gflops_s']:8.1f} {r['efficiency']:9.1%} {f'({elo:.0%}-{ehi:.0%})':>15s}")
     m, k, n = ref_shape
     rates = [r["matmul_gflops_s"] for r in rows]
-    print(f"\nreference matmul {m}x{k} @ {k}x{n}: {min(rates):.1f}-{max(rates):.1f} GFLOP/s (median per rule's rounds). "
+    print(f"\nreference matmul {m}x{k} @ {k}x{n} (CNN: or that conv layer, the faster): {min(rates):.1f}-{max(rates):.1f} "
+          "GFLOP/s (median per rule's rounds). "
           "Ratios and efficiencies are medians over rounds of per-round ratios; FLOPs as FlopCounterMode counts "
           "them (matrix products and convolutions only).")
 
@@ -217,8 +238,8 @@ def main(argv=None):
     xs, ys = make_batches(args.batch, device, input_shape)
     bp = make_learner("bp", args.model, args.batch, device, widths, input_shape)
     bp_flops = count_flops(bp, xs[0], ys[0])
-    ref_shape = reference_shape(args.model, args.batch, bp)
-    ref = Matmul(*ref_shape, device)
+    ref_shape, ref_conv = reference(args.model, args.batch, bp)
+    ref = Matmul(*ref_shape, device, conv=ref_conv)
     time_steps(bp, xs, ys, args.warmup, device)
     rows, skipped = [], {}
     for rule in rules:
@@ -239,7 +260,8 @@ def main(argv=None):
             "torch": torch.__version__, "device": str(device), "model": args.model, "batch": args.batch,
             "threads": torch.get_num_threads(), "options": options, "steps": args.steps, "rounds": args.rounds,
             "flops_counted_by": "torch.utils.flop_counter.FlopCounterMode (matmul and convolution only)",
-            "reference_matmul": list(ref_shape), "rules": rows, "skipped": skipped,
+            "reference_matmul": list(ref_shape), "reference_conv": list(ref_conv) if ref_conv else None,
+            "rules": rows, "skipped": skipped,
         }
         text = json.dumps(out, indent=2)
         if args.json == "-":

@@ -43,6 +43,8 @@ def test_reference_shape_is_the_largest_product():
     cnn = speed.make_learner("bp", "cnn", 4, "cpu", None, (1, 28, 28))
     # conv2 (32 -> 64 channels on 14x14) has the most multiply-adds of the paper CNN
     assert speed.reference_shape("cnn", 2, cnn) == (2 * 14 * 14, 32 * 9, 64)
+    # ... and the same product as a convolution: batch, 32 input maps of 14x14, 64 3x3 kernels
+    assert speed.reference("cnn", 2, cnn)[1] == (2, 32, 14, 14, 64, 3)
 
 
 def test_summary_takes_medians_of_per_round_ratios():

@@ -19,12 +19,20 @@ class TransposeFeedback(ExplicitBackward):
         return layer.input_grad(delta_next, layer.weight, x_next_shape)
 
 
+class TransposeFeedbackFused(TransposeFeedback):
+    """The same, through the one-call conv backward (`feedback_matrix`), as FA and sign symmetry."""
+
+    def feedback_matrix(self, l):
+        return self.stack.layers[l].weight
+
+
+@pytest.mark.parametrize("rule", [TransposeFeedback, TransposeFeedbackFused])
 @pytest.mark.parametrize("act", ["relu", "tanh", "sigmoid", "gelu"])
 @pytest.mark.parametrize("size", [8, 12])
-def test_explicit_backward_equals_autograd(act, size):
+def test_explicit_backward_equals_autograd(act, size, rule):
     torch.manual_seed(0)
     stack = build("cnn", (1, size, size), 10, seed=1, act=act, channels=(3, 4, 5), projection=7).double()
-    learner = TransposeFeedback(stack, RunConfig(rule="bp", model="cnn")).double()
+    learner = rule(stack, RunConfig(rule="bp", model="cnn")).double()
     x = torch.randn(6, 1, size, size, dtype=torch.float64)
     y = torch.randint(0, 10, (6,))
 

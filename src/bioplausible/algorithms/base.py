@@ -165,6 +165,12 @@ class ExplicitBackward(Learner):
         """dL/dh_l (layer l's output) as the rule estimates it."""
         raise NotImplementedError
 
+    def feedback_matrix(self, l: int) -> torch.Tensor | None:
+        """The matrix layer l's error goes back through, for rules where `hidden_error(l - 1)`
+        is `layers[l].input_grad(delta, feedback_matrix(l), ...)` (None: call `hidden_error`);
+        on conv layers the error and the weight gradient then come from one call."""
+        return None
+
     @torch.no_grad()
     def compute_grads(self, x: torch.Tensor, y: torch.Tensor):
         layers = self.stack.layers
@@ -173,12 +179,17 @@ class ExplicitBackward(Learner):
         grads: dict[nn.Parameter, torch.Tensor | None] = {}
         delta = backs[-1](e)
         for l in range(len(layers) - 1, -1, -1):
-            gw, gb = layers[l].weight_grad(delta, inputs[l])
+            fb = self.feedback_matrix(l) if l > 0 and layers[l].kind == "conv" else None
+            if fb is not None:  # error and weight gradient from one convolution_backward
+                grad_h, gw, gb = layers[l].input_grad(delta, fb, inputs[l].shape, x=inputs[l])
+            else:
+                gw, gb = layers[l].weight_grad(delta, inputs[l])
             grads[layers[l].weight] = gw
             if layers[l].bias is not None:
                 grads[layers[l].bias] = gb
             if l > 0:
-                grad_h = self.hidden_error(l - 1, delta, inputs[l].shape, e)
+                if fb is None:
+                    grad_h = self.hidden_error(l - 1, delta, inputs[l].shape, e)
                 delta = backs[l - 1](grad_h)
         return loss, logits, grads
 

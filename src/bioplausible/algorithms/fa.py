@@ -32,5 +32,7 @@ class FeedbackAlignment(ExplicitBackward):
     def feedback(self, l: int) -> torch.Tensor:
         return getattr(self, f"B{l}")
 
+    feedback_matrix = feedback
+
     def hidden_error(self, l, delta_next, x_next_shape, e):
         return self.stack.layers[l + 1].input_grad(delta_next, self.feedback(l + 1), x_next_shape)

@@ -44,9 +44,9 @@ Choices and why:
 - The relaxation treats each sample's energy separately (the rate does not depend on the
   batch size); the weight update uses the batch-mean energy, like BP's mean loss.
 - T: with the feed-forward initialisation the error reaches layer L-k after k steps, so a
-  shallow stack needs few. On the CNN (five weight layers) T=8 matched T=20 at a third of
-  the cost (docs/notes/pc.md); the default stays 20, the safer choice for
-  deeper stacks (`bench/accuracy.py` sets T=8 for the CNN).
+  shallow stack needs few. T=8 matched T=20 on mnist5k, on the paper MLP and the CNN, at
+  about a third of the cost (docs/notes/pc.md), hence the default T=8; a stack deeper than
+  about T layers needs a larger T.
 - Prediction is the feed-forward pass: with the output unclamped the forward pass is the
   energy minimum (all errors zero), so no relaxation is needed at test time.
 - `train_step` reports the energies of the batch (mean over samples) at the first and last
@@ -69,7 +69,7 @@ from .base import Learner
 class PCOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    T: int = Field(20, ge=0, description="maximum number of inference (relaxation) steps per batch")
+    T: int = Field(8, ge=0, description="maximum number of inference (relaxation) steps per batch")
     inference_rate: float = Field(0.1, gt=0, description="step size of the value-node dynamics")
     init: Literal["forward", "zeros"] = Field("forward", description="initial value nodes")
     tol: float = Field(

@@ -21,7 +21,8 @@ class SignSymmetry(ExplicitBackward):
         for i, layer in enumerate(self.stack.layers):
             self.register_buffer(f"scale{i}", layer.weight.detach().abs().mean().clone())
 
+    def feedback_matrix(self, l: int) -> torch.Tensor:
+        return torch.sign(self.stack.layers[l].weight) * getattr(self, f"scale{l}")
+
     def hidden_error(self, l, delta_next, x_next_shape, e):
-        layer = self.stack.layers[l + 1]
-        fb = torch.sign(layer.weight) * getattr(self, f"scale{l + 1}")
-        return layer.input_grad(delta_next, fb, x_next_shape)
+        return self.stack.layers[l + 1].input_grad(delta_next, self.feedback_matrix(l + 1), x_next_shape)

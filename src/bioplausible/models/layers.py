@@ -169,9 +169,22 @@ class Layer(nn.Module):
         return self.post(self.drive(x))
 
     # -- explicit learning-pathway helpers (used by rules without whole-net autograd) ----
-    def input_grad(self, delta: torch.Tensor, feedback: torch.Tensor, x_shape: torch.Size) -> torch.Tensor:
+    def input_grad(self, delta: torch.Tensor, feedback: torch.Tensor, x_shape: torch.Size,
+                   x: torch.Tensor | None = None):
         """Send a pre-activation error `delta` back to the input through matrix `feedback`
-        (W for backprop, B for feedback alignment, ...), shaped like the layer's input."""
+        (W for backprop, B for feedback alignment, ...), shaped like the layer's input.
+
+        Given the layer's input `x`, returns (that, *`weight_grad(delta, x)`): for a conv
+        layer from one convolution_backward call, as autograd makes it (the weight gradient
+        does not depend on the weight, so the feedback can stand in for it; two calls read and
+        reorder the error map twice)."""
+        if x is not None:
+            if self.kind == "linear":
+                return (self.input_grad(delta, feedback, x_shape), *self.weight_grad(delta, x))
+            bias = [self.out_features] if self.bias is not None else None
+            return tuple(torch.ops.aten.convolution_backward(
+                delta, x, feedback, bias, [1, 1], [self.padding] * 2, [1, 1], False, [0, 0], 1,
+                [True, True, bias is not None]))
         if self.kind == "linear":
             return (delta @ feedback).view(x_shape)
         return torch.nn.grad.conv2d_input(x_shape, feedback, delta, stride=self.stride, padding=self.padding)
