@@ -30,7 +30,8 @@ CREATE TABLE IF NOT EXISTS runs (
     train_time REAL,              -- seconds spent in train_step only
     samples_per_s REAL,           -- training samples / train_time
     epoch_time REAL,              -- mean seconds per epoch (training only)
-    checkpoint TEXT
+    checkpoint TEXT,
+    network TEXT                  -- JSON: the network that ran (runner.network_of)
 );
 CREATE TABLE IF NOT EXISTS epochs (
     run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
@@ -41,7 +42,7 @@ CREATE TABLE IF NOT EXISTS epochs (
 );
 """
 
-JSON_COLUMNS = ("config", "metrics", "versions")
+JSON_COLUMNS = ("config", "metrics", "versions", "network")
 
 
 class StoreError(ValueError):
@@ -55,9 +56,12 @@ class Store:
         con = self.connect()
         try:
             con.executescript(SCHEMA)  # idempotent; executescript manages its own commit
-            if "code" not in {r["name"] for r in con.execute("PRAGMA table_info(runs)")}:
+            cols = {r["name"] for r in con.execute("PRAGMA table_info(runs)")}
+            if "code" not in cols:
                 # a store written before runs recorded their code: its runs count as stale
                 con.execute("ALTER TABLE runs ADD COLUMN code TEXT")
+            if "network" not in cols:  # written before runs recorded their network
+                con.execute("ALTER TABLE runs ADD COLUMN network TEXT")
         finally:
             con.close()
 
@@ -105,7 +109,7 @@ class Store:
         """Insert or replace a run with its epochs, atomically."""
         row = dict(run)
         for c in JSON_COLUMNS:
-            row[c] = json.dumps(row.get(c) or {}, sort_keys=True)
+            row[c] = None if c == "network" and not row.get(c) else json.dumps(row.get(c) or {}, sort_keys=True)
         cols = ",".join(row)
         with self.transaction() as con:
             con.execute("DELETE FROM epochs WHERE run_id = ?", (row["id"],))
