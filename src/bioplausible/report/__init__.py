@@ -96,7 +96,7 @@ def departures(runs: list[dict[str, Any]]) -> dict[tuple[str, str, str], list[st
                 diffs += [f"{o} {mine.get(o)} (tuned {theirs.get(o)})" for o in sorted(set(mine) | set(theirs))
                           if o in mine and mine.get(o) != theirs.get(o)]
             elif k in cfg and cfg[k] != tuned[k]:
-                diffs.append(f"{k} {cfg[k]} (tuned {tuned[k] if tuned[k] is not None else 'the default'})")
+                diffs.append(f"{k} {cfg[k]} (tuned {tuned[k] if tuned[k] is not None else 'not set'})")
         out[key] = diffs
     return out
 
@@ -112,20 +112,37 @@ def _summary_notes(runs: list[dict[str, Any]], metric: str) -> list[str]:
         notes.append(f"paper: the reference paper's figure (mean of 4 seeds; {ref['source']}); Δ = our mean - "
                      "paper.")
     deps = departures(runs)
-    cut = {k: d for k, d in deps.items() if d}
-    if cut:
-        notes.append(f"Departures from the tuned preset (`--preset tuned`), e.g. a budget preset's cut epochs, "
-                     f"in {len(cut)} of {len(deps)} cells: "
-                     + "; ".join(f"{r} {m}/{d}: {', '.join(ds)}" for (r, m, d), ds in sorted(cut.items())) + ".")
-    elif deps:
+    if deps and not any(deps.values()):
         notes.append("Every cell ran the tuned preset's settings (`--preset tuned`).")
+
+    def who(rules: list[str], of: list[str]) -> str:
+        rest = [r for r in of if r not in rules]
+        if not rest:
+            return "every rule"
+        return f"all but {', '.join(rest)}" if len(rest) < len(rules) else ", ".join(rules)
+
     nets: dict[tuple[str, str, str], str] = {}
     for r in runs:
         if (r.get("network") or {}).get("summary"):
             nets.setdefault((r["rule"], r["model"], r["data"]), r["network"]["summary"])
-    if nets:
-        notes.append("Networks that ran (input-hidden-output; c = conv maps): "
-                     + "; ".join(f"{r} {m}/{d} {n}" for (r, m, d), n in sorted(nets.items())) + ".")
+    cols = {(m, d) for _, m, d in [*deps, *nets]}
+    for m, d in sorted(cols, key=lambda c: (T.DATA_ORDER.index(c[1]) if c[1] in T.DATA_ORDER else 99,
+                                            T.MODEL_ORDER.index(c[0]) if c[0] in T.MODEL_ORDER else 9)):
+        of = T.rule_order(r for (r, mm, dd) in [*deps, *nets] if (mm, dd) == (m, d))
+        by: dict[str, list[str]] = {}
+        for r in of:
+            for x in deps.get((r, m, d), []):
+                by.setdefault(x, []).append(r)
+        if by:
+            notes.append(f"{T.column_name(d, m)}: departures from the tuned preset (`--preset tuned`): "
+                         + "; ".join(f"{x}: {who(rs, of)}" for x, rs in by.items()) + ".")
+        nby: dict[str, list[str]] = {}
+        for r in of:
+            if (r, m, d) in nets:
+                nby.setdefault(nets[(r, m, d)], []).append(r)
+        if nby:
+            notes.append(f"{T.column_name(d, m)}: networks that ran (input-hidden-output, c = conv maps): "
+                         + "; ".join(f"{n}: {who(rs, of)}" for n, rs in nby.items()) + ".")
     return notes
 
 
@@ -226,7 +243,8 @@ def build(store, out: str | Path, run_ids: list[str] | None = None, runs: str | 
                      f"({per} seed{'s' if per != '1' else ''} per cell; no sd with one seed); best mean per column "
                      "in bold; – = not run (the rule does not support the model, or the dataset was missing); "
                      "diverged/failed runs are counted beside the mean and listed under Runs. "
-                     "Files: accuracy.md, accuracy.tex, accuracy.csv."] + variant_notes + _stale_note(chosen)
+                     "Files: accuracy.md, accuracy.tex, accuracy.csv, summary.md."] + _summary_notes(chosen, metric)[1:] \
+            + variant_notes + _stale_note(chosen)
     else:
         body = "<p>No runs in the store for this report.</p>"
         acc_notes = []
