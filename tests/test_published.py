@@ -117,6 +117,7 @@ def test_report_from_published_records_alone(tmp_path):
     r = CliRunner().invoke(app, ["report", "--published", str(tmp_path / "pub"), "--out", str(tmp_path / "rep"),
                                  "--readme", str(readme)])
     assert r.exit_code == 0, r.output
+    assert "| bp | **98.00 ± 1.00 (n=3, 2 ep)** | 98.62 | −0.62 |" in r.output  # the table is printed too
     md = (tmp_path / "rep" / "accuracy.md").read_text()
     assert md.splitlines()[0] == "| rule | MNIST MLP | paper | Δ |"
     # mean ± sample sd over the 3 seeds, n and epochs; the paper's bp 98.62 and fa 91.87 beside

@@ -63,6 +63,9 @@ def register(app: typer.Typer) -> None:
             except (StoreError, PublishedError, ValueError) as e:
                 err.print(f"[bold red]error:[/] {escape(str(e))}")
                 raise typer.Exit(1)
+        if "accuracy.md" in paths:  # the table itself, mean ± sd (n seeds, epochs) per cell
+            Console(width=max(200, Console().width)).print(escape(paths["accuracy.md"].read_text(encoding="utf-8")),
+                                                           highlight=False, soft_wrap=True)
         Console().print(f"report: {len(paths) - 1} files in {escape(str(out))}/, open {escape(str(paths['html']))}"
                         + (f"; table written into {escape(str(readme))}" if readme is not None else ""))
 
