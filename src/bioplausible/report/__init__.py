@@ -208,7 +208,7 @@ def collect(store, run_ids: list[str] | None = None, runs_selection: str | None 
 
 
 def build(store, out: str | Path, run_ids: list[str] | None = None, runs: str | None = None,
-          metric: str = "test_acc", title: str = "bioplausible: results") -> dict[str, Path]:
+          metric: str = "test_acc", title: str = "bioplausible: results", source: str | None = None) -> dict[str, Path]:
     """Write the report for the runs of `run_ids` (or the `runs` selection, or all runs).
     Returns the paths written, by name."""
     from . import html as H
@@ -323,7 +323,7 @@ def build(store, out: str | Path, run_ids: list[str] | None = None, runs: str | 
     devices = sorted({str(r.get("device")) for r in d["runs"] if r.get("device")})
     statuses = {s: sum(r["status"] == s for r in d["runs"]) for s in ("done", "diverged", "failed")}
     meta = [
-        ("store", str(store.path)),
+        ("store", source or str(store.path)),
         ("runs", f"{len(d['runs'])} ({statuses['done']} done, {statuses['diverged']} diverged, {statuses['failed']} failed)"),
         ("versions", "; ".join(", ".join(f"{k} {v}" for k, v in json.loads(s).items()) for s in vers) or "-"),
         ("git commits", ", ".join(commits) or "-"),

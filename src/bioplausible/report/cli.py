@@ -57,7 +57,8 @@ def register(app: typer.Typer) -> None:
                         raise PublishedError(f"no run records in {published}")
                 else:
                     st = Store(store)
-                paths = build(st, out, runs=runs, metric=metric, title=title)
+                paths = build(st, out, runs=runs, metric=metric, title=title,
+                              source=f"published run records in {published}" if published is not None else None)
                 if readme is not None:
                     update_readme(readme, paths["summary.md"].read_text(encoding="utf-8"))
             except (StoreError, PublishedError, ValueError) as e:
