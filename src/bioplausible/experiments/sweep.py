@@ -10,7 +10,7 @@ transaction when the run ends, and only by the driver process; a run killed half
 leaves no row and is run again from the start. Checkpoints are written (atomically) before
 the row, so a recorded row always has its checkpoint.
 
-Presets (`--preset tuned|quick|paper|extended`) are `presets/*.toml` inside this package, so
+Presets (`--preset tuned|quick|paper|extended|brain`) are `presets/*.toml` inside this package, so
 they are found in a non-editable install too. `tuned.toml` is the one home of each rule's
 tuned settings per model and dataset; the other presets name it as their `base` and change
 only their grid and budget (a sweep file's own settings apply after its base's, see
@@ -50,7 +50,7 @@ __all__ = [
     "expand", "dataset_available", "run_sequential", "run_pool", "run_ray", "get_data",
 ]
 
-PRESETS = ("tuned", "quick", "paper", "extended")
+PRESETS = ("tuned", "quick", "paper", "extended", "brain")
 
 TOP_KEYS = {"description", "base", "grid", "defaults", "rules", "models", "datasets", "sweep"}
 GRID_KEYS = {"rules", "models", "datasets", "seeds"}
