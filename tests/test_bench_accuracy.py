@@ -1,5 +1,5 @@
-"""bench/accuracy.py's --opt: rule options over the bench's own settings (the runs are too
-slow for the suite)."""
+"""bench/accuracy.py's --opt, --lr: settings over the tuned preset's (the runs are too slow for
+the suite)."""
 
 from pathlib import Path
 
@@ -39,7 +39,10 @@ def test_opt_unknown_to_the_rule_is_rejected(accuracy):
 def test_lr_overrides_the_bench_rate_and_is_a_new_run(accuracy):
     base = accuracy.config_for("wp", "cnn", "mnist", 0, None, "cpu")
     cfg = accuracy.config_for("wp", "cnn", "mnist", 0, None, "cpu", lr=5e-4)
-    assert base.lr == accuracy.MODEL_HPARAMS["wp", "cnn"]["lr"] != 5e-4 and cfg.lr == 5e-4
+    from bioplausible.experiments import sweep
+
+    tuned = sweep.cell_settings(sweep.load_sweep(sweep.preset_path("tuned")), "wp", "cnn", "mnist")
+    assert base.lr == tuned["lr"] != 5e-4 and cfg.lr == 5e-4
     assert cfg.key() != base.key()
     # nothing else changes
     assert cfg.model_dump(exclude={"lr"}) == base.model_dump(exclude={"lr"})

@@ -69,9 +69,9 @@ def test_accuracy_table_mean_sd_and_best(store, tmp_path):
              for ln in md.splitlines()[2:]}
     assert md.splitlines()[0] == "| rule | Digits MLP | Digits CNN |"
     assert list(lines) == ["bp", "dfa", "fa"]  # bp first, the others alphabetically
-    assert lines["bp"] == ["**92.00 ± 2.00**", "96.00 ± 1.41"]
-    assert lines["fa"] == ["81.00 ± 1.41", "**98.00 ± 1.41**"]
-    assert lines["dfa"][0] == "50.00 (1/2 div./failed)" and lines["dfa"][1] == "–"
+    assert lines["bp"] == ["**92.00 ± 2.00 (n=3, 3 ep)**", "96.00 ± 1.41 (n=2, 3 ep)"]
+    assert lines["fa"] == ["81.00 ± 1.41 (n=2, 3 ep)", "**98.00 ± 1.41 (n=2, 3 ep)**"]
+    assert lines["dfa"][0] == "50.00 (1/2 div./failed) (n=1, 3 ep)" and lines["dfa"][1] == "–"
     tex = (out / "accuracy.tex").read_text()
     assert r"\textbf{92.00 $\pm$ 2.00}" in tex and r"\textbf{98.00 $\pm$ 1.41}" in tex
     assert r"96.00 $\pm$ 1.41 \\" in tex and r"\multicolumn{2}{c}{Digits}" in tex

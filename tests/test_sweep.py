@@ -5,7 +5,6 @@ cell; a Ray task whose worker dies is retried and recorded once."""
 
 from __future__ import annotations
 
-import filecmp
 import os
 import random
 import signal
@@ -70,13 +69,73 @@ def test_settings_of_an_unknown_rule_are_an_error_with_all_too():
         parse("[grid]\nrules = 'all'\n[rules.notyet]\nlr = 0.1\n")
 
 
-def test_presets_parse_and_configs_are_the_shipped_files():
+def test_presets_parse_and_name_the_tuned_file_as_their_base():
     for name in S.PRESETS:
-        path = S.preset_path(name)
-        sw = S.load_sweep(path)
+        sw = S.load_sweep(S.preset_path(name))
         assert sw.rules and sw.models and sw.datasets and sw.seeds
-        # configs/ holds copies of the presets shipped in the package: they must not drift
-        assert filecmp.cmp(path, REPO / "configs" / f"{name}.toml", shallow=False), name
+        root = sw
+        while root.base is not None:
+            root = root.base
+        assert Path(root.path) == S.preset_path("tuned"), name
+    assert not (REPO / "configs").exists()  # no second copy of the presets to drift
+
+
+def test_presets_and_the_bench_read_the_same_tuned_settings(tmp_path, monkeypatch):
+    """Change a setting in the one tuned file: every preset and bench/accuracy.py see it."""
+    import shutil
+
+    for name in S.PRESETS:
+        shutil.copy(S.preset_path(name), tmp_path / f"{name}.toml")
+    text = (tmp_path / "tuned.toml").read_text()
+    old = "[rules.wp.models.cnn]\nepochs = 48\nlr = 7e-4\nrule_options = {n_perturbations = 4"
+    assert old in text
+    (tmp_path / "tuned.toml").write_text(text.replace(old, old.replace("n_perturbations = 4", "n_perturbations = 7")))
+    monkeypatch.setattr(S, "preset_path", lambda name: tmp_path / f"{name}.toml")
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    import accuracy
+
+    bench = accuracy.config_for("wp", "cnn", "mnist", 0, None, "cpu")
+    assert bench.rule_options["n_perturbations"] == 7 and bench.epochs == 48 and bench.lr == 7e-4
+    for name in S.PRESETS:
+        sw = S.load_sweep(S.preset_path(name))
+        data = sw.datasets[0]
+        assert S.cell_settings(sw, "wp", "cnn", data)["rule_options"] == {"n_perturbations": 7, "balance": True}
+    # a budget preset keeps the tuned options and sets its own epochs
+    paper = S.load_sweep(S.preset_path("paper"))
+    assert S.cell_settings(paper, "wp", "cnn", "mnist")["epochs"] == 1
+    assert S.cell_settings(paper, "bp", "mlp", "mnist")["epochs"] == 8
+    assert S.cell_settings(S.load_sweep(S.preset_path("tuned")), "bp", "mlp", "mnist")["epochs"] == 12
+
+
+def test_base_file_applies_first_and_fills_the_grid(tmp_path):
+    (tmp_path / "b.toml").write_text("""
+[grid]
+rules = ["bp", "fa"]
+datasets = ["digits"]
+seeds = 3
+[defaults]
+lr = 0.01
+batch_size = 32
+[rules.fa]
+epochs = 9
+rule_options = {}
+[rules.fa.models.cnn]
+epochs = 7
+""")
+    (tmp_path / "d.toml").write_text("base = 'b.toml'\n[grid]\nseeds = [5]\n[defaults]\nepochs = 2\n")
+    sw = S.load_sweep(tmp_path / "d.toml")
+    assert (sw.rules, sw.datasets, sw.seeds) == (["bp", "fa"], ["digits"], [5])
+    # this file's defaults come after every table of the base (its budget), the rest stays
+    assert S.cell_settings(sw, "fa", "cnn", "digits") == {"epochs": 2, "lr": 0.01, "batch_size": 32, "rule_options": {}}
+    sw.overrides = {"lr": 0.5, "rule_options": {"fa": {"x": 1}}}
+    assert S.cell_settings(sw, "fa", "mlp", "digits")["lr"] == 0.5
+    assert S.cell_settings(sw, "fa", "mlp", "digits")["rule_options"] == {"x": 1}
+    assert S.cell_settings(sw, "bp", "mlp", "digits")["rule_options"] == {}
+    (tmp_path / "loop.toml").write_text("base = 'loop.toml'\n")
+    with pytest.raises(S.SweepError, match="cycle"):
+        S.load_sweep(tmp_path / "loop.toml")
+    with pytest.raises(S.SweepError, match="base 'nope.toml'"):
+        parse("base = 'nope.toml'\n")
 
 
 # -- grid expansion --------------------------------------------------------------------------

@@ -55,6 +55,16 @@ class Learner(nn.Module):
         self.optimizer = self.make_optimizer(self.trainable_parameters())
 
     # -- hooks for subclasses -------------------------------------------------------------
+    @classmethod
+    def network_for(cls, cfg: RunConfig) -> dict[str, Any]:
+        """The network this rule trains under `cfg`, chosen before it is built: keyword
+        arguments of `models.build` (``widths`` for the MLP, ``channels`` for the CNN; none =
+        the architecture's preset). A rule with a shape of its own overrides this, so the
+        stack it is given is the one it trains (the run records the stack that ran)."""
+        key = "widths" if cfg.model == "mlp" else "channels"
+        value = getattr(cfg, key, None)
+        return {} if value is None else {key: tuple(value)}
+
     def setup(self) -> None:
         """Create the rule's own state (feedback weights, readouts); called before the optimiser."""
 

@@ -57,8 +57,8 @@ them outright after that many mini-batches (0: learn throughout). Labels reach o
 update is computed before and independently of y.
 
 Architecture handling: on the MLP, ``cfg.widths`` is respected when given. When it is None
-the runner builds the paper's 1024-512-256 stack; by default (``wide_default=True``) this
-rule then replaces it by one wide hidden layer of 2000 units (Krotov & Hopfield's and
+the rule chooses its network before it is built (`network_for`): by default (``wide_default=True``)
+one wide hidden layer of 2000 units (Krotov & Hopfield's and
 Moraitis et al.'s size), the setting in which competitive Hebbian learning is known to work
 on MNIST; ``wide_default=False`` keeps the 1024-512-256 stack. Likewise on the CNN, when
 ``cfg.channels`` is None, the rule uses one wide conv layer of 96 maps (``wide_channels``; the
@@ -83,7 +83,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from .claims import Claims, no, partial, yes
-from ..models import Layer, build, without_projection
+from ..models import Layer, without_projection
 from .base import Learner
 
 
@@ -133,15 +133,17 @@ class Hebbian(Learner):
     )
 
     # -- construction ----------------------------------------------------------------------
+    @classmethod
+    def network_for(cls, cfg) -> dict:
+        # the rule's own wide shape, unless the config names one
+        net = super().network_for(cfg)
+        o = cls.Options(**cfg.rule_options)
+        if not net and o.wide_default:
+            net = {"widths": (o.wide_width,)} if cfg.model == "mlp" else {"channels": tuple(o.wide_channels)}
+        return net
+
     def setup(self) -> None:
         o = self.opts
-        # the rule's own wide shape, unless the config names one
-        own = {"mlp": ("widths", (o.wide_width,)), "cnn": ("channels", o.wide_channels)}.get(self.stack.arch)
-        if own and o.wide_default and getattr(self.cfg, own[0]) is None:
-            dev = self.stack.layers[0].weight.device
-            act = self.cfg.act or self.default_act
-            self.stack = build(self.stack.arch, self.stack.input_shape, self.stack.num_classes, seed=self.cfg.seed,
-                               act=act, **{own[0]: own[1]}).to(dev)
         if self.stack.arch == "cnn" and o.cnn_skip_projection:
             # a competitive layer narrower than its input is a bottleneck: on mnist5k a
             # readout on the conv3 output beat one on a 256-unit Hebbian or random

@@ -170,6 +170,10 @@ class ConvSTDP(STDP):
     )
 
     # -- construction ----------------------------------------------------------------------
+    @classmethod
+    def network_for(cls, cfg) -> dict:
+        return {"channels": tuple(cfg.channels) if cfg.channels else DEFAULT_CHANNELS}
+
     def setup(self) -> None:
         o = self.opts
         old = self.stack

@@ -16,8 +16,8 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def compare(
-        config: Optional[Path] = typer.Option(None, "--config", "-c", help="sweep file (TOML), e.g. configs/paper.toml"),
-        preset: Optional[str] = typer.Option(None, "--preset", "-p", help="a shipped sweep: quick, paper, extended or brain"),
+        config: Optional[Path] = typer.Option(None, "--config", "-c", help="sweep file (TOML); `base = \"tuned\"` in it starts from the tuned settings"),
+        preset: Optional[str] = typer.Option(None, "--preset", "-p", help="a shipped sweep: tuned, quick, paper, extended or brain"),
         store: Path = typer.Option(DEFAULT_STORE, help="results store (SQLite file)"),
         out: Path = typer.Option(Path("report"), help="folder for the report"),
         jobs: Optional[int] = typer.Option(None, "--jobs", "-j", min=1, help="runs in parallel (local processes); default: the file's sweep.jobs, else 1"),

@@ -89,15 +89,28 @@ def check_data_identity(cfg: RunConfig) -> None:
 
 def build_learner(cfg: RunConfig, input_shape, num_classes: int, device: torch.device | str = "cpu") -> Learner:
     rule = get_rule(cfg.rule, cfg.model)
-    kw: dict[str, Any] = {"act": cfg.act or rule.default_act}
-    if cfg.model == "mlp" and cfg.widths is not None:
-        kw["widths"] = tuple(cfg.widths)
-    if cfg.model == "cnn" and cfg.channels is not None:
-        kw["channels"] = tuple(cfg.channels)
+    kw: dict[str, Any] = {"act": cfg.act or rule.default_act, **rule.network_for(cfg)}
     torch.manual_seed(cfg.seed)
     stack = build(cfg.model, input_shape, num_classes, seed=cfg.seed, **kw)
     learner = rule(stack.to(device), cfg)
     return learner.to(device)
+
+
+def network_of(learner: Learner) -> dict[str, Any]:
+    """The network a learner trains, as built (after the rule's own changes to its stack):
+    hidden dense widths, conv channels, each layer's name, kind and size, and a one-line
+    summary such as '784-2000-10' or '1x28x28 > c32 > c64 > c64 > 256 > 10'."""
+    stack = learner.stack
+    layers = [{"name": l.name, "kind": l.kind, "in": int(l.in_features), "out": int(l.out_features)}
+              for l in stack.layers]
+    convs = [l["out"] for l in layers if l["kind"] == "conv"]
+    dense = [l["out"] for l in layers[:-1] if l["kind"] != "conv"]
+    if convs:
+        summary = " > ".join(["x".join(map(str, stack.input_shape))] + [f"c{c}" for c in convs]
+                             + [str(l["out"]) for l in layers if l["kind"] != "conv"])
+    else:
+        summary = "-".join([str(layers[0]["in"])] + [str(l["out"]) for l in layers])
+    return {"arch": stack.arch, "widths": dense, "channels": convs, "layers": layers, "summary": summary}
 
 
 def build_untrained(config: dict[str, Any], seed: int, input_shape=None, num_classes: int | None = None) -> Learner:
@@ -215,6 +228,7 @@ def train(
     last = epochs[-1]
     best = max(epochs, key=lambda r: (r["val_acc"] if not math.isnan(r["val_acc"]) else -1, r["epoch"]))
     fields = {
+        "network": network_of(learner),
         "metrics": {
             "test_acc": last["test_acc"],
             "val_acc": last["val_acc"],

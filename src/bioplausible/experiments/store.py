@@ -37,7 +37,8 @@ CREATE TABLE IF NOT EXISTS runs (
     samples_per_s REAL,           -- training samples / train_time
     epoch_time REAL,              -- mean seconds per epoch (training only)
     checkpoint TEXT,              -- path relative to the store's folder (older rows: as written)
-    checkpoint_sha256 TEXT        -- digest of the checkpoint file: a checkpoint must belong to its run
+    checkpoint_sha256 TEXT,       -- digest of the checkpoint file: a checkpoint must belong to its run
+    network TEXT                  -- JSON: the network that ran (runner.network_of)
 );
 CREATE TABLE IF NOT EXISTS epochs (
     run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
@@ -48,7 +49,7 @@ CREATE TABLE IF NOT EXISTS epochs (
 );
 """
 
-JSON_COLUMNS = ("config", "metrics", "versions")
+JSON_COLUMNS = ("config", "metrics", "versions", "network")
 
 
 class StoreError(ValueError):
@@ -58,7 +59,7 @@ class StoreError(ValueError):
 # columns a file must have to be taken for a bioplausible store (older stores lack `code`)
 _REQUIRED_COLUMNS = {"id", "rule", "model", "data", "seed", "config", "status", "metrics"}
 # added since the first stores; a writable open adds what a store lacks
-_LATER_COLUMNS = {"code": "TEXT", "checkpoint_sha256": "TEXT"}
+_LATER_COLUMNS = {"code": "TEXT", "checkpoint_sha256": "TEXT", "network": "TEXT"}
 
 
 class Store:
@@ -220,7 +221,7 @@ class Store:
         checkpoint); returns whether the row was written."""
         row = dict(run)
         for c in JSON_COLUMNS:
-            row[c] = json.dumps(row.get(c) or {}, sort_keys=True)
+            row[c] = None if c == "network" and not row.get(c) else json.dumps(row.get(c) or {}, sort_keys=True)
         if row.get("checkpoint"):
             # relative to the store's folder: the store and its checkpoints move together, and
             # a command run from another directory finds them (never another project's file)

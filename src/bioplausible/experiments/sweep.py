@@ -10,9 +10,11 @@ transaction when the run ends, and only by the driver process; a run killed half
 leaves no row and is run again from the start. Checkpoints are written (atomically) before
 the row, so a recorded row always has its checkpoint.
 
-Presets (`--preset quick|paper|extended`) are `presets/*.toml` inside this package, so they
-are found in a non-editable install too; the repository's `configs/*.toml` are copies of
-them (a test checks they are identical). The file format is described in quick.toml.
+Presets (`--preset tuned|quick|paper|extended|brain`) are `presets/*.toml` inside this package, so
+they are found in a non-editable install too. `tuned.toml` is the one home of each rule's
+tuned settings per model and dataset; the other presets name it as their `base` and change
+only their grid and budget (a sweep file's own settings apply after its base's, see
+`cell_settings`). The file format is described in quick.toml.
 
 Three ways to run the pending cells, all returning rows to the driver which alone writes:
 - `run_sequential`: in this process (datasets loaded once and kept).
@@ -48,10 +50,10 @@ __all__ = [
     "expand", "dataset_available", "run_sequential", "run_pool", "run_ray", "get_data",
 ]
 
-PRESETS = ("quick", "paper", "extended", "brain")
+PRESETS = ("tuned", "quick", "paper", "extended", "brain")
 MAX_SEEDS = 10_000  # a grid.seeds count beyond this is a typo, not a sweep (and would exhaust memory)
 
-TOP_KEYS = {"description", "grid", "defaults", "rules", "models", "datasets", "sweep"}
+TOP_KEYS = {"description", "base", "grid", "defaults", "rules", "models", "datasets", "sweep"}
 GRID_KEYS = {"rules", "models", "datasets", "seeds"}
 SWEEP_KEYS = {"jobs", "threads", "brain_boot", "brain_untrained_seeds"}
 # RunConfig fields a sweep file may set; rule/model/data/seed come from the grid, the
@@ -85,6 +87,9 @@ class Sweep:
     brain_boot: int | None = None  # bootstrap resamples of the brain comparison
     brain_untrained_seeds: int | None = None  # seeds of each run's untrained baseline
     notes: list[str] = field(default_factory=list)  # e.g. overrides for rules not registered
+    base: "Sweep | None" = None  # the sweep file named by `base`: its settings apply first
+    # settings over every cell, applied last (a command line's --epochs, --lr, --opt)
+    overrides: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -136,7 +141,24 @@ def load_sweep(path: str | Path) -> Sweep:
     except UnicodeDecodeError as e:
         raise SweepError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); "
                          "TOML files are UTF-8") from None
-    return parse_sweep(text, str(path))
+    return parse_sweep(text, str(path), path.parent)
+
+
+def _resolve_base(src: str, name: Any, folder: Path | None, seen: tuple[str, ...]) -> "Sweep":
+    """The sweep named by a file's `base`: a preset name, or a path relative to the file."""
+    if not isinstance(name, str) or not name:
+        raise SweepError(f"{src}: base must be a preset name ({', '.join(PRESETS)}) or a sweep file's path")
+    path = preset_path(name) if name in PRESETS else (folder or Path(".")) / name
+    if str(path) in seen:
+        raise SweepError(f"{src}: base {name!r} names a file that is already a base of it (a cycle)")
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise SweepError(f"{src}: base {name!r}: cannot read {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise SweepError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); "
+                         "TOML files are UTF-8") from None
+    return parse_sweep(text, str(path), Path(path).parent, seen + (str(path),))
 
 
 def _type_name(v: Any) -> str:
@@ -197,8 +219,9 @@ def _check_rule_options(src: str, where: str, rule: str, opts: dict[str, Any], m
         raise SweepError(f"{src}: {where}.rule_options.{loc}: {err['msg']} (rule {rule!r})") from None
 
 
-def parse_sweep(text: str, src: str = "<sweep>") -> Sweep:
-    """Parse and validate a sweep file's text. Errors name `src` and the offending key."""
+def parse_sweep(text: str, src: str = "<sweep>", folder: Path | None = None, _seen: tuple[str, ...] = ()) -> Sweep:
+    """Parse and validate a sweep file's text. Errors name `src` and the offending key.
+    `folder` resolves a relative `base` path (default: the working directory)."""
     from ..algorithms import RULES
     from ..data import DATASETS
     from ..models import ARCHITECTURES
@@ -208,9 +231,12 @@ def parse_sweep(text: str, src: str = "<sweep>") -> Sweep:
     except tomllib.TOMLDecodeError as e:
         raise SweepError(f"{src}: not valid TOML: {e}") from None
     _check_keys(src, "", doc, TOP_KEYS)
-    if "grid" not in doc:
+    base = _resolve_base(src, doc["base"], folder, _seen + (src,)) if "base" in doc else None
+    if "grid" not in doc and base is None:
         raise SweepError(f"{src}: missing [grid] table (with rules, models, datasets, seeds)")
-    grid = _check_keys(src, "grid", doc["grid"], GRID_KEYS)
+    grid = _check_keys(src, "grid", doc.get("grid", {}), GRID_KEYS)
+    if base is not None:  # the grid's keys not given here are the base's
+        grid = {"rules": base.rules, "models": base.models, "datasets": base.datasets, "seeds": base.seeds, **grid}
     if "rules" not in grid:
         raise SweepError(f"{src}: grid.rules is missing (a list of rules, or \"all\")")
     any_rule = RULES[0]
@@ -284,9 +310,12 @@ def parse_sweep(text: str, src: str = "<sweep>") -> Sweep:
     desc = doc.get("description", "")
     if not isinstance(desc, str):
         raise SweepError(f"{src}: description must be a string")
+    if base is not None:
+        notes = base.notes + notes
+        sweep_t = {**{k: getattr(base, k) for k in SWEEP_KEYS if getattr(base, k) is not None}, **sweep_t}
     return Sweep(src, desc, rules, models, datasets, seeds, defaults, rule_over, model_over, data_over,
                  sweep_t.get("jobs"), sweep_t.get("threads"), sweep_t.get("brain_boot"),
-                 sweep_t.get("brain_untrained_seeds"), notes)
+                 sweep_t.get("brain_untrained_seeds"), notes, base)
 
 
 def restrict(sw: Sweep, rules=None, models=None, datasets=None, seeds=None) -> Sweep:
@@ -305,14 +334,25 @@ def restrict(sw: Sweep, rules=None, models=None, datasets=None, seeds=None) -> S
 
 
 # -- the grid ----------------------------------------------------------------------------------
+def _layers(sw: Sweep, rule: str, model: str, data: str) -> list[dict[str, Any]]:
+    """The tables that set a cell, first to last: the base's (if any), then this file's."""
+    rt = sw.rule_overrides.get(rule, {})
+    own = [sw.defaults, sw.dataset_overrides.get(data, {}), sw.model_overrides.get(model, {}), rt,
+           rt.get("datasets", {}).get(data, {}), rt.get("models", {}).get(model, {})]
+    return (_layers(sw.base, rule, model, data) if sw.base is not None else []) + own
+
+
 def cell_settings(sw: Sweep, rule: str, model: str, data: str) -> dict[str, Any]:
-    """Settings of one cell. Later wins: defaults, [datasets.D], [models.M], [rules.R],
-    [rules.R.datasets.D], [rules.R.models.M]; rule_options tables are merged key by key."""
+    """Settings of one cell. Later wins: the base file's tables (in the order below), then
+    this file's: defaults, [datasets.D], [models.M], [rules.R], [rules.R.datasets.D],
+    [rules.R.models.M]; then `sw.overrides` (a command line's). rule_options tables are merged
+    key by key throughout. So a preset based on `tuned` that sets `[defaults] epochs` sets
+    every rule's epochs (its budget), and keeps every rule's tuned options."""
     out: dict[str, Any] = {}
     opts: dict[str, Any] = {}
-    rt = sw.rule_overrides.get(rule, {})
-    for t in (sw.defaults, sw.dataset_overrides.get(data, {}), sw.model_overrides.get(model, {}), rt,
-              rt.get("datasets", {}).get(data, {}), rt.get("models", {}).get(model, {})):
+    last = dict(sw.overrides)
+    last["rule_options"] = (sw.overrides.get("rule_options") or {}).get(rule, {})
+    for t in (*_layers(sw, rule, model, data), last):
         for k, v in t.items():
             if k in ("models", "datasets"):
                 continue

@@ -68,6 +68,7 @@ class Stat:
     values: list[float] = field(default_factory=list)
     n_diverged: int = 0
     n_failed: int = 0
+    epochs: set[int] = field(default_factory=set)  # the runs' configured epochs
 
     @property
     def n(self) -> int:
@@ -91,6 +92,15 @@ class AccuracyTable:
     cells: dict[tuple[str, tuple[str, str]], Stat]
     best: set[tuple[str, tuple[str, str]]]
 
+    def full_text(self, rule: str, col: tuple[str, str]) -> str:
+        """`text` with the number of seeds averaged and the epochs: '98.12 ± 0.05 (n=3, 12 ep)'."""
+        st = self.cells.get((rule, col))
+        s = self.text(rule, col)
+        if st is None or st.n == 0:
+            return s
+        eps = "/".join(str(e) for e in sorted(st.epochs)) or "?"
+        return f"{s} (n={st.n}, {eps} ep)"
+
     def text(self, rule: str, col: tuple[str, str], pct: bool = True) -> str:
         st = self.cells.get((rule, col))
         if st is None:
@@ -112,6 +122,8 @@ def accuracy_table(runs: list[dict[str, Any]], metric: str = "test_acc") -> Accu
     for r in runs:
         col = (r["data"], r["model"])
         st = cells.setdefault((r["rule"], col), Stat())
+        if isinstance((r.get("config") or {}).get("epochs"), int):
+            st.epochs.add(r["config"]["epochs"])
         if r["status"] == "done" and isinstance((r.get("metrics") or {}).get(metric), (int, float)) \
                 and math.isfinite(r["metrics"][metric]):
             st.values.append(float(r["metrics"][metric]))
@@ -177,9 +189,37 @@ def html_table(header: list[str], rows: list[list[str]], bold: set[tuple[int, in
     return "".join(h)
 
 
-def accuracy_markdown(t: AccuracyTable) -> str:
-    header = ["rule"] + [column_name(*c) for c in t.columns]
-    rows = [[r] + [(f"**{t.text(r, c)}**" if (r, c) in t.best else t.text(r, c)) for c in t.columns] for r in t.rules]
+def reference() -> dict[str, Any]:
+    """The reference paper's figures (report/reference.toml): {source, data: {model: {rule: %}}}."""
+    import tomllib
+    from importlib import resources
+
+    return tomllib.loads((resources.files("bioplausible.report") / "reference.toml").read_text(encoding="utf-8"))
+
+
+def accuracy_markdown(t: AccuracyTable, ref: dict[str, Any] | None = None) -> str:
+    """Cells 'mean ± sd (n=seeds, epochs ep)'; after each column the reference paper has
+    figures for (`ref`, as `reference()` returns), its figure and our mean's difference."""
+    ref = reference() if ref is None else ref
+    header, cols = ["rule"], []
+    for c in t.columns:
+        header.append(column_name(*c))
+        theirs = ref.get(c[0], {}).get(c[1]) if isinstance(ref.get(c[0]), dict) else None
+        cols.append((c, theirs))
+        if theirs:
+            header += ["paper", "Δ"]
+    rows = []
+    for r in t.rules:
+        row = [r]
+        for c, theirs in cols:
+            row.append(f"**{t.full_text(r, c)}**" if (r, c) in t.best else t.full_text(r, c))
+            if theirs:
+                st = t.cells.get((r, c))
+                p = theirs.get(r)
+                row.append(f"{p:.2f}" if p is not None else "–")
+                row.append(f"{st.mean * 100 - p:+.2f}".replace("-", "−")
+                           if p is not None and st is not None and st.mean is not None else "–")
+        rows.append(row)
     return markdown(header, rows)
 
 
@@ -254,12 +294,18 @@ def generic(rows: list[dict[str, Any]], columns: list[str] | None = None) -> tup
     return columns, [[_cell_text(r.get(c)) for c in columns] for r in rows]
 
 
+def network_text(runs: list[dict[str, Any]]) -> str:
+    """The network(s) the runs trained, as recorded ('' for runs recorded before networks were)."""
+    return "; ".join(sorted({(r.get("network") or {}).get("summary", "") for r in runs} - {""}))
+
+
 def status_table(runs: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     """Runs per (rule, model, data): done / diverged / failed, mean seconds per epoch."""
     groups: dict[tuple, list] = {}
     for r in runs:
         groups.setdefault((r["rule"], r["model"], r["data"]), []).append(r)
-    header = ["rule", "model", "data", "runs", "done", "diverged", "failed", "s/epoch", "samples/s", "epochs"]
+    header = ["rule", "model", "data", "runs", "done", "diverged", "failed", "s/epoch", "samples/s", "epochs",
+              "network"]
     rows = []
     order = rule_order(k[0] for k in groups)
     for (rule, model, data) in sorted(groups, key=lambda k: (order.index(k[0]), k[1], k[2])):
@@ -271,7 +317,7 @@ def status_table(runs: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]
         rows.append([rule, model, data, str(len(rs)), str(len(done)),
                      str(sum(r["status"] == "diverged" for r in rs)), str(sum(r["status"] == "failed" for r in rs)),
                      f"{statistics.fmean(et):.2f}" if et else "", f"{statistics.fmean(sp):.0f}" if sp else "",
-                     ",".join(eps)])
+                     ",".join(eps), network_text(rs)])
     return header, rows
 
 
