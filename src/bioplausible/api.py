@@ -173,6 +173,8 @@ def train(rule: str, data: str | Dataset = "digits", model: str = "mlp", epochs:
     if isinstance(data, str):
         cfg = with_data_identity(cfg)
     dataset = load(cfg.data, cfg.data_dir, cfg.val_fraction) if isinstance(data, str) else data
+    if cfg.train_subset is not None:
+        dataset = dataset.subset(cfg.train_subset)
     steps = -(-len(dataset.x_train) // cfg.batch_size)
     if store is None:
         with _EpochBar(steps, cfg.epochs, progress) as bar:

@@ -107,6 +107,7 @@ def run(
     opt: list[str] = typer.Option([], "--opt", help="rule option key=value (repeatable)"),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N"),
     data_dir: Optional[Path] = typer.Option(None, help="folder holding the dataset's files"),
+    train_subset: Optional[int] = typer.Option(None, help="train on this many training samples (class-balanced)"),
     store: Path = typer.Option(DEFAULT_STORE, help="results store (SQLite file)"),
     force: bool = typer.Option(False, help="run again even if this config is already recorded"),
 ) -> None:
@@ -128,6 +129,7 @@ def run(
             rule=rule, model=model, data=data, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
             seed=seed, widths=_int_tuple(widths, "--widths"), channels=_int_tuple(channels, "--channels"), act=act,
             rule_options=parse_options(opt), device=device, data_dir=str(data_dir) if data_dir else None,
+            train_subset=train_subset,
         )
         cfg = resolve_rule(cfg)
         dev = resolve_device(device)
@@ -145,6 +147,8 @@ def run(
                           f"{escape(str(store))} by this code; --force to run again", highlight=False)
             return
         dataset = load(cfg.data, cfg.data_dir, cfg.val_fraction)
+        if cfg.train_subset is not None:
+            dataset = dataset.subset(cfg.train_subset)
     except DataError as e:
         fail(str(e))
     steps = (len(dataset.x_train) + batch_size - 1) // batch_size

@@ -35,6 +35,9 @@ class RunConfig(BaseModel):
     # content digest of the data files read (`bioplausible.data.data_digest`); None for the
     # bundled sets. Part of the identity: the same settings on other files are another run.
     data_digest: str | None = None
+    # train on this many training samples only (a class-balanced subset, the same for every
+    # seed), e.g. a quick grid on a large set; None = the whole training split
+    train_subset: int | None = Field(None, ge=1)
     rule_options: dict[str, Any] = Field(default_factory=dict)
     # not part of the experiment's identity:
     device: str = "auto"
@@ -70,11 +73,14 @@ class RunConfig(BaseModel):
         return v
 
     IDENTITY_EXCLUDE: ClassVar[frozenset[str]] = frozenset({"device", "eval_batch_size", "data_dir"})
+    # fields added after runs were first recorded: left out of the identity while unset, so
+    # the ids of runs that do not use them stay what they were
+    LATER_FIELDS: ClassVar[frozenset[str]] = frozenset({"data_digest", "train_subset"})
 
     def identity(self) -> dict[str, Any]:
         d = self.model_dump(mode="json")
-        # data_digest None (bundled sets) is left out so their ids stay what they were
-        return {k: v for k, v in d.items() if k not in self.IDENTITY_EXCLUDE and not (k == "data_digest" and v is None)}
+        return {k: v for k, v in d.items()
+                if k not in self.IDENTITY_EXCLUDE and not (k in self.LATER_FIELDS and v is None)}
 
     def key(self) -> str:
         """Stable id of the experiment: a hash of everything that changes its result."""

@@ -10,6 +10,7 @@ import hashlib
 import importlib
 import json
 import os
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -79,6 +80,26 @@ class Dataset:
     def normalise(self, x01: torch.Tensor) -> torch.Tensor:
         """Map images in [0, 1] (N, C, H, W) the way the training data was mapped."""
         return (x01 - self.mean.view(1, -1, 1, 1)) / self.std.view(1, -1, 1, 1)
+
+    def subset(self, n: int) -> "Dataset":
+        """This data set with `n` training samples: as many of each class as it allows (classes
+        in proportion when `n` is not a multiple of their number), picked by a fixed
+        permutation, so every seed and every rule trains on the same subset. Validation and
+        test splits are kept whole."""
+        if n >= len(self.y_train):
+            return self
+        perm = torch.randperm(len(self.y_train), generator=torch.Generator().manual_seed(0))
+        y = self.y_train[perm]
+        # rank of each sample within its class in the permuted order; take the lowest ranks
+        # round-robin over classes (rank-major), so the classes stay balanced
+        order = torch.argsort(y, stable=True)
+        first = torch.zeros(self.num_classes + 1, dtype=torch.long)
+        first[1:] = torch.bincount(y, minlength=self.num_classes).cumsum(0)
+        rank = torch.empty_like(y)
+        rank[order] = torch.arange(len(y)) - first[y[order]]
+        take = perm[torch.argsort(rank * self.num_classes + y, stable=True)[:n]]
+        take, _ = take.sort()
+        return dataclasses.replace(self, x_train=self.x_train[take], y_train=self.y_train[take])
 
     def batches(self, batch_size: int, seed: int, epoch: int, device: torch.device | str = "cpu"):
         """Shuffled training batches; the order depends only on (seed, epoch)."""

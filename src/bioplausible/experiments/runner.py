@@ -182,6 +182,8 @@ def train(
     if data is None:
         check_data_identity(cfg)
         data = load(cfg.data, cfg.data_dir, cfg.val_fraction)
+    if cfg.train_subset is not None:
+        data = data.subset(cfg.train_subset)
     learner = build_learner(cfg, data.input_shape, data.num_classes, device)
     epochs: list[dict[str, Any]] = []
     train_time = 0.0

@@ -425,7 +425,8 @@ def get_data(cfg: RunConfig):
 
 
 def _steps_per_epoch(ds, cfg: RunConfig) -> int:
-    return (len(ds.x_train) + cfg.batch_size - 1) // cfg.batch_size
+    n = len(ds.x_train) if cfg.train_subset is None else min(cfg.train_subset, len(ds.x_train))
+    return (n + cfg.batch_size - 1) // cfg.batch_size
 
 
 def _execute(cfg: RunConfig, checkpoint_dir: Path | None, progress: Callable[[dict], None] | None = None) -> dict:
