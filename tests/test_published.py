@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from bioplausible.config import RunConfig
 from bioplausible.experiments.published import PublishedError, export, load_into, read
@@ -127,4 +126,4 @@ def test_report_from_published_records_alone(tmp_path):
     assert "old table" not in text and md in text and text.endswith(f"{README_END}\n\nafter\n")
     assert "784-8-10" in text  # the networks that ran
     r = CliRunner().invoke(app, ["report", "--published", str(tmp_path / "nothing"), "--out", str(tmp_path / "r2")])
-    assert r.exit_code == 1 and "no published records folder" in r.output
+    assert r.exit_code == 2 and "no published records folder" in r.output

@@ -158,17 +158,13 @@ class STDP(Learner):
     # -- construction ----------------------------------------------------------------------
     @classmethod
     def network_for(cls, cfg) -> dict:
-        # one plastic layer of n_exc neurons (see `n_exc`); on the CNN the conv variant's maps
-        if cfg.model == "cnn":
-            from .stdp_conv import conv_variant
-
-            return conv_variant(cls).network_for(cfg)
+        # one plastic layer of n_exc neurons (see `n_exc`); the CNN's entry is stdp_conv's class
         n = cls.Options(**cfg.rule_options).n_neurons
         return {"widths": (n if n is not None else cfg.widths[0] if cfg.widths else 1600,)}
 
     def n_exc(self) -> int:
         if "_n_exc" not in self.__dict__:  # the dense network's width, as `network_for` chose it
-            self._n_exc = STDP.network_for(self.cfg.model_copy(update={"model": "mlp"}))["widths"][0]
+            self._n_exc = type(self).network_for(self.cfg)["widths"][0]
         return self._n_exc
 
     def n_out(self) -> int:
