@@ -453,8 +453,8 @@ def _forward_isolated(cls, name, x) -> bool:
     return bool(torch.allclose(ref, out, rtol=1e-9, atol=1e-12))
 
 
-def _outside_ops(cls, name, batches) -> list[str]:
-    seen: list[WeightWatch] = []
+def _watch_every_step(seen: list[WeightWatch]):
+    """An instrument for `run_trajectory` that watches each step and appends its WeightWatch."""
 
     @contextlib.contextmanager
     def inst(learner, t):
@@ -462,6 +462,13 @@ def _outside_ops(cls, name, batches) -> list[str]:
         with w.watching():
             yield
         seen.append(w)
+
+    return inst
+
+
+def _outside_ops(cls, name, batches) -> list[str]:
+    seen: list[WeightWatch] = []
+    inst = _watch_every_step(seen)
 
     run_trajectory(cls, name, batches, instrument=inst)
     b = len(batches[0][0])
@@ -778,13 +785,7 @@ def probe_unsigned_error(rule) -> ProbeResult:
     warm = trajectory_batches()[:C6_WARMUP]
     batches = [probe_batch(1, seed=7 + t) for t in range(STEPS)]
     seen: list[WeightWatch] = []
-
-    @contextlib.contextmanager
-    def inst(learner, t):
-        w = WeightWatch(learner)
-        with w.watching():
-            yield
-        seen.append(w)
+    inst = _watch_every_step(seen)
 
     w0 = len(warm)
     a = run_trajectory(cls, name, warm + batches, instrument=lambda lr, t: inst(lr, t) if t >= w0

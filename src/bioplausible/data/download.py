@@ -13,7 +13,6 @@ local server with small archives of the same layout.
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import os
 import shutil
@@ -25,7 +24,7 @@ from typing import Any, Callable
 
 from ..paths import data_home
 from .base import DataError
-from .install import Artifact, Source, _idx_check, _regex_select, install, verify_cache
+from .install import Artifact, Source, _hash_file, _idx_check, _regex_select, install, verify_cache
 
 __all__ = ["PUBLISHED", "Published", "fetch_published", "published_source"]
 
@@ -100,15 +99,6 @@ def _filename(url: str) -> str:
     if not name or name in (".", "..") or "\\" in name:
         raise DataError(f"{url}: no file name in the URL")
     return name
-
-
-def _md5(path: Path) -> tuple[str, str]:
-    md5, sha = hashlib.md5(), hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            md5.update(chunk)
-            sha.update(chunk)
-    return md5.hexdigest(), sha.hexdigest()
 
 
 def _unreachable(url: str, why: Any, name: str, root: Path) -> DataError:
@@ -199,7 +189,7 @@ def fetch_published(name: str, dest_root: Path | str | None = None, force: bool 
         dest = downloads / _filename(url)
         if not dest.exists():
             _download(url, dest, progress, name, root)
-        got_md5, sha256 = _md5(dest)
+        sha256, got_md5 = _hash_file(dest)
         if got_md5 != md5.lower():
             dest.unlink()
             raise DataError(f"{url}: md5 mismatch: expected {md5}, got {got_md5}; the file was removed, run the "
