@@ -181,6 +181,11 @@ def test_results_unknown_run_id(unchanged):
     one_line_error(["results", "--store", unchanged, "--runs", "deadbeef"], "deadbeef")
 
 
+def test_brain_bad_input_is_one_line(unchanged, tmp_path):
+    one_line_error(["brain", "--store", tmp_path / "none.sqlite"], "none.sqlite")
+    one_line_error(["brain", "--store", unchanged, "--runs", "deadbeef"], "deadbeef")
+
+
 # -- settings: refused before anything is recorded, naming the option ------------------------
 @pytest.mark.parametrize("extra, needle", [
     (["--opt", "nonsense=1"], "nonsense"),

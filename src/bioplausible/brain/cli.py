@@ -20,9 +20,9 @@ __all__ = ["register", "format_table"]
 
 
 def _fail(message: str) -> None:
-    one_line = " | ".join(ln.strip() for ln in str(message).splitlines() if ln.strip())
-    Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {escape(one_line)}")
-    raise typer.Exit(1)
+    from ..errors import fail
+
+    fail(message)  # one escaped line, exit 2, like every command
 
 
 def _num(x: Any, nd: int = 3) -> str:
