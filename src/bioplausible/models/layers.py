@@ -183,8 +183,8 @@ class Layer(nn.Module):
                 return (self.input_grad(delta, feedback, x_shape), *self.weight_grad(delta, x))
             bias = [self.out_features] if self.bias is not None else None
             return tuple(torch.ops.aten.convolution_backward(
-                delta, x, feedback, bias, [1, 1], [self.padding] * 2, [1, 1], False, [0, 0], 1,
-                [True, True, bias is not None]))
+                delta, x, feedback, bias, list(_pair(self.stride)), list(_pair(self.padding)), [1, 1], False,
+                [0, 0], 1, [True, True, bias is not None]))
         if self.kind == "linear":
             return (delta @ feedback).view(x_shape)
         return torch.nn.grad.conv2d_input(x_shape, feedback, delta, stride=self.stride, padding=self.padding)
