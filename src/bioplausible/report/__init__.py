@@ -4,7 +4,8 @@
 comparison's tables from the store, and writes (each file atomically, temp + rename):
 
 - accuracy.md / accuracy.tex / accuracy.csv: rule x (dataset, architecture), mean ± sd of
-  the final test accuracy over seeds (sample sd, n-1), best mean per column in bold; the
+  the final test accuracy over seeds (sample sd, n-1), the best mean per column and the
+  means a Welch t test over seeds cannot tell from it in bold; the
   Markdown cells give n and the epochs, and MNIST columns the reference paper's figure and
   the difference (report/reference.toml);
 - summary.md: the Markdown table with its notes (what ran, where it departs from the tuned
@@ -72,6 +73,7 @@ def _stale_note(runs: list[dict[str, Any]]) -> list[str]:
 def departures(runs: list[dict[str, Any]]) -> dict[tuple[str, str, str], list[str]]:
     """Per (rule, model, data): where its runs' settings depart from the tuned preset's
     (`presets/tuned.toml`), e.g. 'epochs 5 (tuned 12)': how a budget preset cut a cell."""
+    from ..algorithms import resolve
     from ..config import RunConfig
     from ..experiments import sweep
 
@@ -86,12 +88,15 @@ def departures(runs: list[dict[str, Any]]) -> dict[tuple[str, str, str], list[st
             continue
         cfg = r.get("config") or {}
         try:
-            tuned = RunConfig(rule=key[0], model=key[1], data=key[2],
-                              **sweep.cell_settings(sw, *key)).model_dump(mode="json")
+            # resolved as a run's recorded config is (the rule's defaults written in), so only
+            # real departures show
+            tuned = resolve(RunConfig(rule=key[0], model=key[1], data=key[2],
+                                      **sweep.cell_settings(sw, *key))).model_dump(mode="json")
         except Exception:  # a rule or setting this version does not have
             continue
         diffs = []
-        for k in sorted(set(tuned) - {"rule", "model", "data", "seed", "device", "eval_batch_size", "data_dir"}):
+        for k in sorted(set(tuned) - {"rule", "model", "data", "seed", "device", "eval_batch_size", "data_dir",
+                                      "data_digest"}):
             if k == "rule_options":
                 mine, theirs = cfg.get(k) or {}, tuned[k] or {}
                 diffs += [f"{o} {mine.get(o)} (tuned {theirs.get(o)})" for o in sorted(set(mine) | set(theirs))
@@ -107,7 +112,8 @@ def _summary_notes(runs: list[dict[str, Any]], metric: str) -> list[str]:
     from . import tables as T
 
     notes = [f"{metric.replace('_', ' ')} in %, mean ± sd over seeds (n = seeds, ep = epochs per run); "
-             "best mean per column in bold."]
+             "in bold: the best mean per column and every mean a Welch t test over seeds cannot tell "
+             "from it (p ≥ 0.05; none with one seed)."]
     ref = T.reference()
     if any(r["data"] in ref for r in runs):
         notes.append(f"paper: the reference paper's figure (mean of 4 seeds; {ref['source']}); Δ = our mean - "
@@ -243,8 +249,9 @@ def build(store, out: str | Path, run_ids: list[str] | None = None, runs: str | 
         n_seeds = sorted({st.n for st in acc.cells.values() if st.n})
         per = "/".join(map(str, n_seeds)) or "0"
         acc_notes = [f"{metric.replace('_', ' ')} in %, mean ± sd (sample sd, n - 1) over seeds "
-                     f"({per} seed{'s' if per != '1' else ''} per cell; no sd with one seed); best mean per column "
-                     "in bold; – = not run (the rule does not support the model, or the dataset was missing); "
+                     f"({per} seed{'s' if per != '1' else ''} per cell; no sd with one seed); "
+                     "in bold: the best mean per column and every mean a Welch t test over seeds cannot "
+                     "tell from it (p ≥ 0.05; none with one seed); – = not run (the rule does not support the model, or the dataset was missing); "
                      "diverged/failed runs are counted beside the mean and listed under Runs. "
                      "Files: accuracy.md, accuracy.tex, accuracy.csv, summary.md."] + _summary_notes(chosen, metric)[1:] \
             + variant_notes + _stale_note(chosen)

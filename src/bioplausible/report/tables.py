@@ -143,7 +143,26 @@ def accuracy_table(runs: list[dict[str, Any]], metric: str = "test_acc") -> Accu
         if means:
             top = max(means.values())
             best |= {(r, col) for r, m in means.items() if m == top}
+            # and every rule a test over seeds cannot tell from the best: a bold cell is "not
+            # shown worse than the best", never a winner the seeds do not support
+            lead = [cells[(r, col)].values for r, m in means.items() if m == top][0]
+            best |= {(r, col) for r in means if not_worse(cells[(r, col)].values, lead)}
     return AccuracyTable(metric, rules, columns, cells, best)
+
+
+ALPHA = 0.05
+
+
+def not_worse(values: list[float], lead: list[float]) -> bool:
+    """Whether a Welch t test over seeds fails to tell `values` from the best cell's `lead`
+    (two-sided, p >= ALPHA). With fewer than two seeds on either side there is no test: False."""
+    if len(values) < 2 or len(lead) < 2:
+        return False
+    from scipy.stats import ttest_ind
+
+    if statistics.pstdev(values) == 0 and statistics.pstdev(lead) == 0:
+        return statistics.fmean(values) == statistics.fmean(lead)
+    return bool(ttest_ind(values, lead, equal_var=False).pvalue >= ALPHA)
 
 
 # -- renderers -----------------------------------------------------------------------------------
