@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-import click
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -49,11 +48,11 @@ def user_error(e: BaseException) -> str | None:
 class _Group(TyperGroup):
     """Every command's exceptions pass here: the user's mistakes become one line and exit 2."""
 
-    def invoke(self, ctx: click.Context):
+    def invoke(self, ctx):
+        # typer's own exits, aborts and usage errors are not the user's data or settings:
+        # `user_error` returns None for them and they go on to typer unchanged
         try:
             return super().invoke(ctx)
-        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort, KeyboardInterrupt):
-            raise
         except Exception as e:
             msg = user_error(e)
             if msg is None:
