@@ -115,19 +115,20 @@ class Run:
         return self.metrics.get("test_acc")
 
 
-class _EpochBar:
+class EpochBar:
     """The progress bar `bioplausible run` shows: steps of the current epoch, then the
     epoch's loss and accuracies."""
 
-    def __init__(self, steps: int, epochs: int, show: bool) -> None:
-        self.steps, self.epochs, self.show = steps, epochs, show
+    def __init__(self, steps: int, epochs: int, show: bool, console=None) -> None:
+        self.steps, self.epochs, self.show, self.console = steps, epochs, show, console
 
     def __enter__(self):
         if self.show:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
             self.prog = Progress(TextColumn("epoch {task.fields[epoch]}/{task.fields[epochs]}"), BarColumn(),
-                                 MofNCompleteColumn(), TextColumn("{task.fields[info]}"), TimeElapsedColumn())
+                                 MofNCompleteColumn(), TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
+                                 console=self.console)
             self.prog.__enter__()
             self.task = self.prog.add_task("train", total=self.steps, epoch=1, epochs=self.epochs, info="")
         return self
@@ -177,7 +178,7 @@ def train(rule: str, data: str | Dataset = "digits", model: str = "mlp", epochs:
         dataset = dataset.subset(cfg.train_subset)
     steps = -(-len(dataset.x_train) // cfg.batch_size)
     if store is None:
-        with _EpochBar(steps, cfg.epochs, progress) as bar:
+        with EpochBar(steps, cfg.epochs, progress) as bar:
             trained, fields, history, _ = run_train(cfg, dataset, bar.on_step, bar.on_epoch)
         return Run(id=cfg.key(), config=cfg.model_dump(mode="json"), status="done", history=history,
                    metrics=fields["metrics"], learner=trained,
@@ -189,7 +190,7 @@ def train(rule: str, data: str | Dataset = "digits", model: str = "mlp", epochs:
     st = Store(store)
     recorded = False
     if force or not st.has(cfg.key(), code=code_fingerprint(cfg.rule)):
-        with _EpochBar(steps, cfg.epochs, progress) as bar:
+        with EpochBar(steps, cfg.epochs, progress) as bar:
             row = execute(cfg, data=dataset, on_step=bar.on_step, on_epoch=bar.on_epoch,
                           checkpoint_dir=st.path.parent / "checkpoints")
         st.record(row, row.pop("_epochs"))

@@ -112,9 +112,9 @@ def run(
 ) -> None:
     """Train one rule on one model and dataset, evaluate each epoch, record the run."""
     from pydantic import ValidationError
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from .algorithms import resolve as resolve_rule
+    from .api import EpochBar
     from .config import RunConfig, config_error
     from .data import DataError
     from .experiments.fingerprint import code_fingerprint
@@ -152,20 +152,8 @@ def run(
         fail(str(e))
     steps = (len(dataset.x_train) + batch_size - 1) // batch_size
     console.print(f"[bold]{rule}[/] on {model}/{data}, {epochs} epochs, device {dev}, run id {cfg.key()}", highlight=False)
-    with Progress(TextColumn("epoch {task.fields[epoch]}/{task.fields[epochs]}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console, transient=False) as prog:
-        task = prog.add_task("train", total=steps, epoch=1, epochs=epochs, info="")
-
-        def on_step(s):
-            prog.update(task, completed=s["step"] + 1, epoch=s["epoch"])
-
-        def on_epoch(r):
-            info = f"loss {r['train_loss']:.4f} train {r['train_acc']:.2%} val {r['val_acc']:.2%} test {r['test_acc']:.2%}"
-            prog.update(task, info=info)
-            if r["epoch"] < epochs:
-                prog.reset(task, total=steps, epoch=r["epoch"] + 1, epochs=epochs, info=info)
-
-        row = execute(cfg, data=dataset, on_step=on_step, on_epoch=on_epoch, checkpoint_dir=st.path.parent / "checkpoints")
+    with EpochBar(steps, epochs, show=True, console=console) as bar:
+        row = execute(cfg, data=dataset, on_step=bar.on_step, on_epoch=bar.on_epoch, checkpoint_dir=st.path.parent / "checkpoints")
     epochs_rows = row.pop("_epochs")
     written = st.record(row, epochs_rows)
     where = escape(str(store))
