@@ -76,7 +76,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .claims import Claims, partial, yes
 from ..models import Layer, Stack
-from ..models.spiking import LIFState, decay, encode, spike_probabilities, to_unit_range
+from ..models.spiking import LIFState, decay, encode_steps, spike_probabilities, to_unit_range
 from .base import Learner
 
 
@@ -248,14 +248,28 @@ class STDP(Learner):
         w.copy_(torch.where(rows.view(-1, 1), scaled.clamp(0, self.opts.w_max), w))
 
     # -- simulation ------------------------------------------------------------------------
+    # elements of one (steps x batch x neurons) block of a presentation: bounds the memory of
+    # the block's input currents and trains whatever the batch and layer size
+    _BLOCK_ELEMS = 1 << 23
+
     @torch.no_grad()
     def simulate(self, x: torch.Tensor, learn: bool, rate_scale: float = 1.0, record: bool = False):
         """Present x for `time_steps` steps. Returns (exc spike counts, extra dict) where extra
         has the accumulated STDP terms 'ltp' = sum_t s_post^T x_pre, 'ltd' = sum_t x_post(t-1)^T
-        s_pre (both (n_exc, n_in), summed over the batch) and, with `record`, the spike trains."""
+        s_pre (both (n_exc, n_in), summed over the batch) and, with `record`, the spike trains.
+
+        The input trains do not depend on the network, and the weights are frozen within a
+        presentation, so the input currents of a block of steps are one product (`Layer.drive`
+        on the block's spikes); only the membrane dynamics step one by one. The STDP sums are
+        taken at the post-synaptic spikes, which are few: LTP adds the presynaptic trace at
+        each post spike; LTD, sum_t x_post(t-1)^T s_pre(t) = sum_t' s_post(t')^T F(t') with
+        F(t') = sum_{t>t'} d_post^(t-1-t') s_pre(t) (a backward recursion over the input
+        trains), adds F at each post spike. Both cost spikes x inputs instead of steps x
+        neurons x inputs."""
         o = self.opts
         p = spike_probabilities(to_unit_range(x), o.spikes_per_step * rate_scale)
         B, n_in = p.shape
+        N = self.n_exc()
         gen = None
         if o.encoding == "poisson":
             # training draws from the learner's running generator; evaluation from a fresh one
@@ -263,31 +277,57 @@ class STDP(Learner):
             # (identical after a checkpoint is restored, identical on every call)
             gen = self.generator(x.device) if learn else torch.Generator(device=x.device).manual_seed(
                 self.cfg.seed + 99991)
-        exc = LIFState(B, self.n_exc(), x.device, p.dtype)
-        pre_trace = torch.zeros_like(p)
+        exc = LIFState(B, N, x.device, p.dtype)
         md, dpre, dpost = decay(o.tau_mem), decay(o.tau_pre), decay(o.tau_post)
         thr = o.v_thresh + self.theta
-        ltp = torch.zeros(self.n_exc(), n_in, device=x.device, dtype=p.dtype) if learn else None
-        ltd = torch.zeros_like(ltp) if learn else None
-        pre_rec, post_rec = [], []
+        T = self.presentation_steps(learn)
+        block = max(1, min(T, self._BLOCK_ELEMS // (B * max(n_in, N))))
+        ltp = torch.zeros(N, n_in, device=x.device, dtype=p.dtype) if learn else None
+        pre_trace = torch.zeros_like(p) if learn else None
+        inputs, spikes, pre_rec, post_rec = [], [], [], []
         state = self.begin_presentation(B, x.device, p.dtype, learn)
-        for t in range(self.presentation_steps(learn)):
-            s_in = encode(p, t, o.encoding, gen)
-            pre_trace = dpre * pre_trace + s_in
-            post_trace_before = exc.trace
-            s = exc.step(self.exc.drive(s_in), thr, md, dpost, o.inhibition, o.one_winner)
+        for t0 in range(0, T, block):
+            n = min(block, T - t0)
+            s_in = encode_steps(p, t0, n, o.encoding, gen)
+            current = self.exc.drive(s_in.view(n * B, n_in)).view(n, B, N)
+            post = torch.empty_like(current)
+            traces = torch.empty_like(s_in) if learn else None
+            for k in range(n):
+                s = exc.step(current[k], thr, md, dpost, o.inhibition, o.one_winner)
+                post[k] = s
+                if learn:
+                    traces[k] = pre_trace.mul_(dpre).add_(s_in[k])
+                self.after_exc_step(state, s, t0 + k, learn)
             if learn:
-                ltp += s.t() @ (pre_trace - o.x_tar) if o.x_tar else s.t() @ pre_trace
-                ltd += post_trace_before.t() @ s_in
-            self.after_exc_step(state, s, t, learn)
+                t, b, j = post.nonzero(as_tuple=True)
+                ltp.index_add_(0, j, traces[t, b] - o.x_tar if o.x_tar else traces[t, b])
+                inputs.append(s_in.bool())
+                spikes.append((t, b, j))
             if record:
                 pre_rec.append(s_in)
-                post_rec.append(s)
+                post_rec.append(post)
+        ltd = self._ltd(inputs, spikes, dpost, ltp) if learn else None
         extra = {"ltp": ltp, "ltd": ltd, "state": state}
         if record:
-            extra["pre"] = torch.stack(pre_rec)
-            extra["post"] = torch.stack(post_rec)
+            extra["pre"] = torch.cat(pre_rec)
+            extra["post"] = torch.cat(post_rec)
         return exc.count, extra
+
+    @staticmethod
+    def _ltd(inputs: list[torch.Tensor], spikes: list[tuple], dpost: float, like: torch.Tensor) -> torch.Tensor:
+        """sum_t x_post(t-1)^T s_pre(t) from the presentation's input trains (blocks of
+        (steps, B, n_in), bool) and its post spikes per block (step, sample, neuron); the
+        result is shaped like `like` (n_exc, n_in)."""
+        ltd = torch.zeros_like(like)
+        f = like.new_zeros(inputs[0].shape[1:])  # F(t') of the step after the current one
+        nxt = torch.zeros_like(f)  # s_pre(t' + 1)
+        for s_in, (t, b, j) in zip(reversed(inputs), reversed(spikes)):
+            fs = like.new_empty(s_in.shape)
+            for k in range(s_in.shape[0] - 1, -1, -1):
+                fs[k] = f.mul_(dpost).add_(nxt)
+                nxt = s_in[k]
+            ltd.index_add_(0, j, fs[t, b])
+        return ltd
 
     def presentation_steps(self, learn: bool) -> int:
         o = self.opts

@@ -40,6 +40,17 @@ def encode(p: torch.Tensor, t: int, kind: str, generator: torch.Generator | None
     return (torch.floor((t + 1) * p) - torch.floor(t * p)).clamp(0, 1)
 
 
+def encode_steps(p: torch.Tensor, t0: int, steps: int, kind: str,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """Input spikes of `steps` consecutive steps from step t0, (steps, *p.shape): the trains
+    `encode` gives step by step (Poisson draws come from the generator in the same order)."""
+    if kind == "poisson":
+        u = torch.rand((steps, *p.shape), generator=generator, device=p.device, dtype=p.dtype)
+        return (u < p).to(p.dtype)
+    t = torch.arange(t0, t0 + steps, device=p.device, dtype=p.dtype).view(-1, *([1] * p.dim()))
+    return (torch.floor((t + 1) * p) - torch.floor(t * p)).clamp(0, 1)
+
+
 def decay(tau: float) -> float:
     return math.exp(-1.0 / tau)
 
