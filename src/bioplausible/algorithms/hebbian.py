@@ -196,6 +196,11 @@ class Hebbian(Learner):
             x = self.normalise_input(x, i)
             inputs.append(x)
             u = layer.drive(x)
+            if u.dim() == 4:
+                # channels-last: the competition across maps at each position (softmax,
+                # argmax) and the pooling become contiguous reductions, several times faster
+                # on CPU than across a (maps, h, w) layout
+                u = u.contiguous(memory_format=torch.channels_last)
             drives.append(u)
             x = self.represent(layer, u)
         return inputs, drives, x
@@ -243,11 +248,14 @@ class Hebbian(Learner):
         """The rule's post-synaptic factor g (same shape as u; units along dim 1)."""
         o = self.opts
         if o.hidden_rule == "softhebb":
-            y = torch.softmax(u / o.temperature, dim=1)
-            if not o.anti_hebbian:
-                return y
-            win = y.argmax(1, keepdim=True)
-            return (-y).scatter(1, win, y.gather(1, win))
+            # units along the last dim of a view (a conv drive is channels-last, see
+            # `hidden_forward`), where softmax and argmax run fastest
+            ul = u.permute(0, 2, 3, 1) if u.dim() == 4 else u
+            y = torch.softmax(ul / o.temperature, dim=-1)
+            if o.anti_hebbian:
+                win = ul.argmax(-1, keepdim=True)
+                y = (-y).scatter(-1, win, y.gather(-1, win))
+            return y.permute(0, 3, 1, 2) if u.dim() == 4 else y
         if o.hidden_rule == "krotov":
             idx = u.topk(o.krotov_k, dim=1).indices
             g = torch.zeros_like(u)
