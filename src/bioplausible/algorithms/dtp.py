@@ -15,8 +15,9 @@ Each layer then descends its own local loss 1/2 ||f_l(W_l h_{l-1}) - t_l||^2 wit
 held fixed (the output layer too: its local loss is output_step^2 times a squared gradient,
 whose W-gradient is output_step * dCE/dW_L). Updates go to the shared optimiser (Adam).
 
-Feedback training (before the forward update, `fb_steps` times per batch, its own Adam at
-`fb_lr`): noise-corrupted reconstruction, with h~ = h_{l-1} + noise * eps:
+Feedback training (`fb_steps` times per batch, its own Adam at `fb_lr`; the batch's targets
+use the mappings as the batch found them, before its first feedback step):
+noise-corrupted reconstruction, with h~ = h_{l-1} + noise * eps:
 - `feedback_loss="rec"` (Lee 2015): || g_l(f_l(h~)) - h~ ||^2;
 - `feedback_loss="drl"` (difference reconstruction loss, Meulemans 2020, layer-wise form):
   || g_l(f_l(h~)) - g_l(f_l(h_{l-1})) - (h~ - h_{l-1}) ||^2 / noise^2, which trains the
@@ -185,10 +186,13 @@ class DifferenceTargetProp(Learner):
         return torch.randn(like.shape, generator=self._gen, device=like.device, dtype=like.dtype)
 
     # -- feedback mappings ---------------------------------------------------------------
-    def reconstruction_losses(self, hs: list[torch.Tensor], noise: list[torch.Tensor]) -> list[torch.Tensor]:
+    def reconstruction_losses(self, hs: list[torch.Tensor], noise: list[torch.Tensor],
+                              recon: list | None = None) -> list[torch.Tensor]:
         """Per-inverse feedback loss (mean over the batch) at the forward states `hs`
         (hs[0] = input, hs[l] = output of layer l-1 in 0-based layer indexing) with the
-        given unit-variance noise per inverse. Differentiable w.r.t. the inverses only."""
+        given unit-variance noise per inverse. Differentiable w.r.t. the inverses only.
+        `recon`, a list, receives g_l(h_l) per layerwise inverse where the loss computes it
+        (DRL), detached, so the targets need not compute it again."""
         layers, sigma = self.stack.layers, self.opts.noise
         losses = []
         if self.opts.feedback == "direct":
@@ -208,13 +212,16 @@ class DifferenceTargetProp(Learner):
             with torch.no_grad():
                 up_noisy = layers[l](h_low + eps)
             g = self.inverses[l - 1]
-            rec = g(up_noisy)
             if self.fb_loss == "rec":
-                err = rec - (h_low + eps)
+                err = g(up_noisy) - (h_low + eps)
             else:
                 # the gradient flows through both evaluations of g: DRL trains the difference
-                # g(f(h~)) - g(f(h)), not g(f(h~)) towards a moving target
-                err = (rec - g(hs[l + 1]) - eps) / sigma  # hs[l + 1] = layers[l](h_low)
+                # g(f(h~)) - g(f(h)), not g(f(h~)) towards a moving target. Both in one call
+                # (hs[l + 1] = layers[l](h_low)): one product over twice the batch
+                rec, rec_clean = g(torch.cat([up_noisy, hs[l + 1]])).chunk(2)
+                err = (rec - rec_clean - eps) / sigma
+                if recon is not None:
+                    recon.append(rec_clean.detach())
             losses.append(0.5 * err.pow(2).flatten(1).sum(1).mean())
         return losses
 
@@ -225,17 +232,21 @@ class DifferenceTargetProp(Learner):
         inputs, _, backs, out = self.stack.forward_local(x)
         return inputs + [out], backs
 
-    def train_feedback(self, hs: list[torch.Tensor]) -> torch.Tensor:
-        """One step of feedback training at the forward states hs; returns the summed loss."""
+    def train_feedback(self, hs: list[torch.Tensor], y: torch.Tensor | None = None):
+        """One step of feedback training at the forward states hs; returns the summed loss
+        and, given labels y, the targets computed with the mappings as they were before
+        this step (reusing the loss's g_l(h_l)), else None."""
         noise = [self._noise(hs[l]) for l in range(1, len(self.stack.layers))]
+        recon: list[torch.Tensor] = []
         with torch.enable_grad():
-            losses = self.reconstruction_losses(hs, noise)
+            losses = self.reconstruction_losses(hs, noise, recon)
             total = torch.stack(losses).sum()
+            ts = self.targets(hs, y, recon or None) if y is not None else None
             self.fb_optimizer.zero_grad(set_to_none=True)
             total.backward()
         self.fb_optimizer.step()
         self.fb_optimizer.zero_grad(set_to_none=True)
-        return total.detach()
+        return total.detach(), ts
 
     @torch.no_grad()
     def reconstruction_error(self, x: torch.Tensor, seed: int = 0) -> list[float]:
@@ -248,8 +259,9 @@ class DifferenceTargetProp(Learner):
 
     # -- targets and forward updates -----------------------------------------------------
     @torch.no_grad()
-    def targets(self, hs: list[torch.Tensor], y: torch.Tensor) -> list[torch.Tensor]:
-        """t_l for every layer's output (0-based layer index), top down."""
+    def targets(self, hs: list[torch.Tensor], y: torch.Tensor, recon: list | None = None) -> list[torch.Tensor]:
+        """t_l for every layer's output (0-based layer index), top down; `recon[l - 1]`, when
+        given, is g_l(h_l) already computed with the current mappings."""
         logits = hs[-1]
         err = torch.softmax(logits, 1)
         err[torch.arange(len(y), device=y.device), y] -= 1.0
@@ -263,15 +275,16 @@ class DifferenceTargetProp(Learner):
             return ts
         for l in range(n_layers - 1, 0, -1):
             g = self.inverses[l - 1]
-            ts[l - 1] = hs[l] + g(ts[l]) - g(hs[l + 1])
+            ts[l - 1] = hs[l] + g(ts[l]) - (recon[l - 1] if recon is not None else g(hs[l + 1]))
         return ts
 
     @torch.no_grad()
-    def compute_grads(self, x: torch.Tensor, y: torch.Tensor, states=None):
+    def compute_grads(self, x: torch.Tensor, y: torch.Tensor, states=None, ts=None):
         """Layer-local updates {param: grad} from the targets; `states` = (hs, backs) of
-        x's forward pass (`_forward_states`) when the caller already has them."""
+        x's forward pass (`_forward_states`) and `ts` its targets, when the caller has them."""
         hs, backs = states if states is not None else self._forward_states(x)
-        ts = self.targets(hs, y)
+        if ts is None:
+            ts = self.targets(hs, y)
         grads: dict = {}
         n = len(x)
         dist = []
@@ -289,14 +302,20 @@ class DifferenceTargetProp(Learner):
         with torch.no_grad():
             hs, backs = self._forward_states(x)
         rec = torch.zeros((), device=x.device)
-        for _ in range(self.opts.fb_steps):
-            rec = self.train_feedback(hs)
+        # (reading the counter syncs with the device: only when pre-training is asked for)
+        learn = self.opts.fb_pretrain == 0 or int(self.batches_seen) >= self.opts.fb_pretrain
+        # the batch's targets use the feedback mappings as the batch found them (computed in
+        # the first feedback step, before it changes them), so the forward and the feedback
+        # weights learn from the same state
+        ts = None
+        for i in range(self.opts.fb_steps):
+            rec, t = self.train_feedback(hs, y if learn and i == 0 else None)
+            ts = t if i == 0 else ts
         out = {"rec_loss": rec, "target_dist": torch.zeros((), device=x.device)}
         logits = hs[-1]
         loss = F.cross_entropy(logits, y)
-        # (reading the counter syncs with the device: only when pre-training is asked for)
-        if self.opts.fb_pretrain == 0 or int(self.batches_seen) >= self.opts.fb_pretrain:
-            grads, _, dist = self.compute_grads(x, y, (hs, backs))
+        if learn:
+            grads, _, dist = self.compute_grads(x, y, (hs, backs), ts)
             self.apply_updates(grads)
             # mean squared distance of the hidden layers to their targets
             out["target_dist"] = torch.stack(dist[:-1]).mean() if len(dist) > 1 else dist[0]
