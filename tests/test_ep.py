@@ -19,7 +19,7 @@ def make(arch="mlp", input_shape=(1, 2, 3), classes=3, seed=0, dtype=torch.float
     kw = dict(widths=(5, 4)) if arch == "mlp" else dict(channels=(2, 3), projection=4)
     stack = build(arch, input_shape, classes, seed=seed, act="hardsigmoid01", **kw)
     cfg = RunConfig(rule="ep", model=arch, seed=seed, rule_options=opts)
-    return EquilibriumPropagation(stack.to(dtype), cfg)
+    return get("ep", arch)(stack.to(dtype), cfg)
 
 
 # -- an independent reference: the primitive function, differentiated by autograd ----------

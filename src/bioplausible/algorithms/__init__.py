@@ -27,7 +27,7 @@ _RULES: dict[str, str | dict[str, str]] = {
     "signsym": "signsym:SignSymmetry",
     "pc": "pc:PredictiveCoding",
     "dtp": "dtp:DifferenceTargetProp",
-    "ep": "ep:EquilibriumPropagation",
+    "ep": {"mlp": "ep:EquilibriumPropagation", "cnn": "ep:ConvEquilibriumPropagation"},
     "ff": "ff:ForwardForward",
     "local": "local:LocalLosses",
     "hebbian": "hebbian:Hebbian",
