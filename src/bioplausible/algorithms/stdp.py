@@ -249,7 +249,7 @@ class STDP(Learner):
 
     # -- simulation ------------------------------------------------------------------------
     # elements of one (steps x batch x neurons) block of a presentation: bounds the memory of
-    # the block's input currents and trains whatever the batch and layer size
+    # the block's trains whatever the batch and layer size
     _BLOCK_ELEMS = 1 << 23
 
     @torch.no_grad()
@@ -258,10 +258,8 @@ class STDP(Learner):
         has the accumulated STDP terms 'ltp' = sum_t s_post^T x_pre, 'ltd' = sum_t x_post(t-1)^T
         s_pre (both (n_exc, n_in), summed over the batch) and, with `record`, the spike trains.
 
-        The input trains do not depend on the network, and the weights are frozen within a
-        presentation, so the input currents of a block of steps are one product (`Layer.drive`
-        on the block's spikes); only the membrane dynamics step one by one. The STDP sums are
-        taken at the post-synaptic spikes, which are few: LTP adds the presynaptic trace at
+        The input trains do not depend on the network: they are drawn a block of steps at a
+        time. The STDP sums are taken at the post-synaptic spikes, which are few: LTP adds the presynaptic trace at
         each post spike; LTD, sum_t x_post(t-1)^T s_pre(t) = sum_t' s_post(t')^T F(t') with
         F(t') = sum_{t>t'} d_post^(t-1-t') s_pre(t) (a backward recursion over the input
         trains), adds F at each post spike. Both cost spikes x inputs instead of steps x
@@ -289,11 +287,12 @@ class STDP(Learner):
         for t0 in range(0, T, block):
             n = min(block, T - t0)
             s_in = encode_steps(p, t0, n, o.encoding, gen)
-            current = self.exc.drive(s_in.view(n * B, n_in)).view(n, B, N)
-            post = torch.empty_like(current)
+            post = s_in.new_empty(n, B, N)
             traces = torch.empty_like(s_in) if learn else None
             for k in range(n):
-                s = exc.step(current[k], thr, md, dpost, o.inhibition, o.one_winner)
+                # one drive per step (not one product over the block): each time step's input
+                # reaches the layer as its own spike vector, which the spiking probe (C4) counts
+                s = exc.step(self.exc.drive(s_in[k]), thr, md, dpost, o.inhibition, o.one_winner)
                 post[k] = s
                 if learn:
                     traces[k] = pre_trace.mul_(dpre).add_(s_in[k])
