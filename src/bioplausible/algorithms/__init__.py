@@ -25,7 +25,7 @@ _RULES: dict[str, str | dict[str, str]] = {
     "fa": "fa:FeedbackAlignment",
     "dfa": "dfa:DirectFeedbackAlignment",
     "signsym": "signsym:SignSymmetry",
-    "pc": "pc:PredictiveCoding",
+    "pc": {"mlp": "pc:PredictiveCoding", "cnn": "pc:ConvPredictiveCoding"},
     "dtp": "dtp:DifferenceTargetProp",
     "ep": {"mlp": "ep:EquilibriumPropagation", "cnn": "ep:ConvEquilibriumPropagation"},
     "ff": "ff:ForwardForward",
