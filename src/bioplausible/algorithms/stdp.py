@@ -298,10 +298,10 @@ class STDP(Learner):
                     traces[k] = pre_trace.mul_(dpre).add_(s_in[k])
                 self.after_exc_step(state, s, t0 + k, learn)
             if learn:
-                t, b, j = post.nonzero(as_tuple=True)
-                ltp.index_add_(0, j, traces[t, b] - o.x_tar if o.x_tar else traces[t, b])
+                spk = post.nonzero(as_tuple=True)
+                self._add_at_spikes(ltp, traces.sub_(o.x_tar) if o.x_tar else traces, spk)
                 inputs.append(s_in.bool())
-                spikes.append((t, b, j))
+                spikes.append(spk)
             if record:
                 pre_rec.append(s_in)
                 post_rec.append(post)
@@ -320,13 +320,28 @@ class STDP(Learner):
         ltd = torch.zeros_like(like)
         f = like.new_zeros(inputs[0].shape[1:])  # F(t') of the step after the current one
         nxt = torch.zeros_like(f)  # s_pre(t' + 1)
-        for s_in, (t, b, j) in zip(reversed(inputs), reversed(spikes)):
+        for s_in, spk in zip(reversed(inputs), reversed(spikes)):
             fs = like.new_empty(s_in.shape)
             for k in range(s_in.shape[0] - 1, -1, -1):
                 fs[k] = f.mul_(dpost).add_(nxt)
                 nxt = s_in[k]
-            ltd.index_add_(0, j, fs[t, b])
+            STDP._add_at_spikes(ltd, fs, spk)
         return ltd
+
+    @staticmethod
+    def _add_at_spikes(acc: torch.Tensor, vals: torch.Tensor, spk: tuple) -> None:
+        """acc[j] += vals[t, b] for every post spike (t, b, j) of a block: acc (n_exc, n_in),
+        vals (steps, B, n_in). Gathered row by row while spikes are sparse (at most one per
+        sample and step on average, which bounds the gather's memory by the block's), else as
+        one product with the block's spike matrix."""
+        t, b, j = spk
+        steps, B, n_in = vals.shape
+        if len(j) <= steps * B:
+            acc.index_add_(0, j, vals[t, b])
+            return
+        post = vals.new_zeros(steps * B, acc.shape[0])
+        post[t * B + b, j] = 1.0
+        acc.addmm_(post.t(), vals.view(-1, n_in))
 
     def presentation_steps(self, learn: bool) -> int:
         o = self.opts
