@@ -87,7 +87,7 @@ def learner(rule: str, model: str | nn.Sequential = "mlp", input_shape=None, num
         cfg = _config(rule, stack.arch, options, seed=seed, device=str(dev))
         # the rule's own tensors (feedback matrices, ...) in the model's precision too
         dtype = next(model.parameters()).dtype
-        return get(rule)(stack.to(dev), cfg).to(dev, dtype)
+        return get(rule, stack.arch)(stack.to(dev), cfg).to(dev, dtype)
     if not isinstance(model, str):
         raise ValueError(f"learner: model must be 'mlp', 'cnn' or a torch.nn.Sequential, got {type(model).__name__}")
     if num_classes is None:
