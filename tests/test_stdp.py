@@ -210,17 +210,19 @@ def test_rstdp_rates_follow_the_lr_schedule(digits, model):
     torch.testing.assert_close(steps[1], 0.5 * steps[2], rtol=0.05, atol=1e-6)
 
 
-@pytest.mark.parametrize("rate", [0.05, 0.9])
-def test_stdp_sums_at_spikes_equal_the_dense_sum(rate):
-    """The trace terms summed at the post spikes equal sum_t s_post(t)^T vals(t), both when
-    spikes are sparse (gathered) and when they outnumber the block's rows (one product)."""
+@pytest.mark.parametrize(("rate", "path"), [(0.005, "one chunk"), (0.1, "chunks"), (0.9, "product")])
+def test_stdp_sums_at_spikes_equal_the_dense_sum(rate, path):
+    """The trace terms summed at the post spikes equal sum_t s_post(t)^T vals(t): gathered in
+    one chunk, in several, or (densely firing) as one product."""
     from bioplausible.algorithms.stdp import STDP
 
     g = torch.Generator().manual_seed(0)
-    post = (torch.rand(5, 4, 7, generator=g) < rate).float()
+    post = (torch.rand(5, 4, 64, generator=g) < rate).float()
     vals = torch.rand(5, 4, 6, generator=g)
     spk = post.nonzero(as_tuple=True)
-    assert (len(spk[0]) > 20) == (rate > 0.5)  # both paths are taken
-    acc = torch.zeros(7, 6)
+    k, rows = len(spk[0]), 5 * 4
+    taken = "product" if 8 * k > rows * 64 else "chunks" if k > rows else "one chunk"
+    assert taken == path, (k, taken)
+    acc = torch.zeros(64, 6)
     STDP._add_at_spikes(acc, vals, spk)
     torch.testing.assert_close(acc, torch.einsum("tbj,tbi->ji", post, vals))

@@ -331,15 +331,17 @@ class STDP(Learner):
     @staticmethod
     def _add_at_spikes(acc: torch.Tensor, vals: torch.Tensor, spk: tuple) -> None:
         """acc[j] += vals[t, b] for every post spike (t, b, j) of a block: acc (n_exc, n_in),
-        vals (steps, B, n_in). Gathered row by row while spikes are sparse (at most one per
-        sample and step on average, which bounds the gather's memory by the block's), else as
-        one product with the block's spike matrix."""
+        vals (steps, B, n_in). Gathered row by row, in chunks of at most steps x B spikes (which
+        bounds the gather's memory by the block's), while the layer fires sparsely (under one
+        spike in 8 neuron-steps); densely firing, as one product with the block's spike matrix."""
         t, b, j = spk
         steps, B, n_in = vals.shape
-        if len(j) <= steps * B:
-            acc.index_add_(0, j, vals[t, b])
+        rows = steps * B
+        if 8 * len(j) <= rows * acc.shape[0]:
+            for i in range(0, len(j), rows):
+                acc.index_add_(0, j[i:i + rows], vals[t[i:i + rows], b[i:i + rows]])
             return
-        post = vals.new_zeros(steps * B, acc.shape[0])
+        post = vals.new_zeros(rows, acc.shape[0])
         post[t * B + b, j] = 1.0
         acc.addmm_(post.t(), vals.view(-1, n_in))
 
