@@ -92,6 +92,25 @@ def test_accuracy_table_mean_sd_and_best(store, tmp_path):
         assert paths[name].exists(), name
 
 
+def test_runs_on_a_training_subset_get_their_own_column(tmp_path):
+    """Full Fashion-MNIST and its 4,500-image subset are two experiments: two columns, two
+    means, and the paper's figure only beside the full set's."""
+    st = Store(tmp_path / "s.sqlite")
+    for seed, (full, sub) in enumerate([(0.90, 0.80), (0.91, 0.82)]):
+        st.record(*_row("bp", "fashion-mnist", "mlp", seed, full))
+        row, eps = _row("bp", "fashion-mnist", "mlp", seed, sub)
+        row["id"] += "-sub"
+        row["config"]["train_subset"] = 4500
+        st.record(row, eps)
+    build(st, tmp_path / "rep")
+    md = (tmp_path / "rep" / "accuracy.md").read_text().splitlines()
+    assert md[0].startswith("| rule | Fashion-MNIST MLP |")
+    assert "Fashion-MNIST (4,500 train) MLP" in md[0]
+    cells = [c.strip() for c in md[2].strip().strip("|").split("|")]
+    assert "90.50 ± 0.71 (n=2, 3 ep)" in cells[1] and "81.00 ± 1.41 (n=2, 3 ep)" in cells[-1]
+    assert "different settings" not in (tmp_path / "rep" / "index.html").read_text()
+
+
 def test_stale_runs_are_those_made_by_other_code(tmp_path):
     from bioplausible.experiments.fingerprint import code_fingerprint
     from bioplausible.report import stale_runs

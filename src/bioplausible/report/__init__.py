@@ -90,8 +90,9 @@ def departures(runs: list[dict[str, Any]]) -> dict[tuple[str, str, str], list[st
         try:
             # resolved as a run's recorded config is (the rule's defaults written in), so only
             # real departures show
-            tuned = resolve(RunConfig(rule=key[0], model=key[1], data=key[2],
-                                      **sweep.cell_settings(sw, *key))).model_dump(mode="json")
+            data = cfg.get("data") or key[2]
+            tuned = resolve(RunConfig(rule=key[0], model=key[1], data=data,
+                                      **sweep.cell_settings(sw, key[0], key[1], data))).model_dump(mode="json")
         except Exception:  # a rule or setting this version does not have
             continue
         diffs = []
@@ -133,7 +134,7 @@ def _summary_notes(runs: list[dict[str, Any]], metric: str) -> list[str]:
         if (r.get("network") or {}).get("summary"):
             nets.setdefault((r["rule"], r["model"], r["data"]), r["network"]["summary"])
     cols = {(m, d) for _, m, d in [*deps, *nets]}
-    for m, d in sorted(cols, key=lambda c: (T.DATA_ORDER.index(c[1]) if c[1] in T.DATA_ORDER else 99,
+    for m, d in sorted(cols, key=lambda c: (T.data_sort_key(c[1]),
                                             T.MODEL_ORDER.index(c[0]) if c[0] in T.MODEL_ORDER else 9)):
         of = T.rule_order(r for (r, mm, dd) in [*deps, *nets] if (mm, dd) == (m, d))
         by: dict[str, list[str]] = {}
@@ -204,14 +205,16 @@ def plausibility_scores(rows: list[dict[str, Any]]) -> dict[str, float]:
 
 def collect(store, run_ids: list[str] | None = None, runs_selection: str | None = None) -> dict[str, Any]:
     """Everything the report shows, read from the store."""
+    from .tables import data_label, read_brain
+
     runs = store.select(runs_selection) if runs_selection else store.runs()
     if run_ids is not None:
         wanted = set(run_ids)
         runs = [r for r in runs if r["id"] in wanted]
+    # from here on a run's "data" is its dataset label, training subset included
+    runs = [{**r, "data": data_label(r)} for r in runs]
     epochs = {r["id"]: store.epochs(r["id"]) for r in runs}
     crit_rows, crit_meta = store.criteria()
-    from .tables import read_brain
-
     return {"runs": runs, "epochs": epochs, "criteria": crit_rows, "criteria_meta": crit_meta,
             "brain": read_brain(store, [r["id"] for r in runs])}
 

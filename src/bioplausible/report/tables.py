@@ -35,8 +35,28 @@ def rule_order(rules: Iterable[str]) -> list[str]:
     return (["bp"] if "bp" in rs else []) + sorted(rs - {"bp"})
 
 
+SUBSET_SEP = ":"
+
+
+def data_label(run: dict[str, Any]) -> str:
+    """The dataset a run's figure belongs to: its name, and the number of training samples
+    when it trained on a subset ('fashion-mnist:4500'). A run on 4,500 images and one on the
+    full set are different experiments and never share a column or a mean."""
+    data = str(run["data"])
+    n = (run.get("config") or {}).get("train_subset")
+    return f"{data}{SUBSET_SEP}{n}" if isinstance(n, int) and SUBSET_SEP not in data else data
+
+
+def data_sort_key(label: str) -> tuple[int, str, int]:
+    """Datasets in DATA_ORDER, each full set before its subsets (larger first)."""
+    base, _, n = label.partition(SUBSET_SEP)
+    return (DATA_ORDER.index(base) if base in DATA_ORDER else len(DATA_ORDER), base, -int(n) if n else -(1 << 62))
+
+
 def column_name(data: str, model: str) -> str:
-    return f"{DATA_NAMES.get(data, data)} {MODEL_NAMES.get(model, model)}"
+    base, _, n = data.partition(SUBSET_SEP)
+    name = DATA_NAMES.get(base, base) + (f" ({int(n):,} train)" if n else "")
+    return f"{name} {MODEL_NAMES.get(model, model)}"
 
 
 def variant(run: dict[str, Any]) -> str:
@@ -131,7 +151,7 @@ def accuracy_table(runs: list[dict[str, Any]], metric: str = "test_acc") -> Accu
             st.n_diverged += 1
         else:
             st.n_failed += 1
-    datas = _order({c[0] for _, c in cells}, DATA_ORDER)
+    datas = sorted({c[0] for _, c in cells}, key=data_sort_key)
     models = _order({c[1] for _, c in cells}, MODEL_ORDER)
     columns = [(d, m) for d in datas for m in models if any(c == (d, m) for _, c in cells)]
     rules = rule_order({r for r, _ in cells})
