@@ -193,3 +193,19 @@ def test_output_site_perturbs_only_units_that_can_pass_it_on():
     g = grads[lr.stack.layers[0].weight]
     assert torch.all(g[:5] == 0) and torch.all(grads[lr.stack.layers[0].bias][:5] == 0)
     assert torch.all(g[5:].abs().sum(1) > 0)
+
+
+def test_flipout_signs_are_fair_and_independent():
+    """Eight signs come from each random byte: every bit position must still be a fair coin,
+    and neighbouring signs (bits of one byte) uncorrelated."""
+    lrn = _learner("wp")
+    s = lrn._signs((3, 1001, 7), torch.zeros(1))  # 21021 signs: not a multiple of 8
+    assert s.shape == (3, 1001, 7) and s.dtype == torch.float32
+    assert set(s.unique().tolist()) == {-1.0, 1.0}
+    flat = s.flatten()[: 21016].view(-1, 8)  # one row per byte
+    # sd of a fair coin's mean over 2627 draws is 0.0195: 4 sd
+    assert flat.mean(0).abs().max() < 0.08, flat.mean(0)
+    corr = (flat[:, :-1] * flat[:, 1:]).mean(0)
+    assert corr.abs().max() < 0.08, corr
+    # fresh draws each call
+    assert not torch.equal(lrn._signs((64,), torch.zeros(1)), lrn._signs((64,), torch.zeros(1)))
