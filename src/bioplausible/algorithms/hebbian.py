@@ -180,7 +180,7 @@ class Hebbian(Learner):
             h = layer.post(u)
         else:
             if o.hidden_act == "triangle":
-                h = torch.relu(u - u.mean(1, keepdim=True))
+                h = (u - u.mean(1, keepdim=True)).relu_()
             else:
                 h = torch.relu(u)
             if layer.pool > 1:
@@ -251,10 +251,12 @@ class Hebbian(Learner):
             # units along the last dim of a view (a conv drive is channels-last, see
             # `hidden_forward`), where softmax and argmax run fastest
             ul = u.permute(0, 2, 3, 1) if u.dim() == 4 else u
-            y = torch.softmax(ul / o.temperature, dim=-1)
+            y = torch.softmax(ul / o.temperature if o.temperature != 1.0 else ul, dim=-1)
             if o.anti_hebbian:
+                # in place: y is the layer's largest temporary
                 win = ul.argmax(-1, keepdim=True)
-                y = (-y).scatter(-1, win, y.gather(-1, win))
+                top = y.gather(-1, win)
+                y = y.neg_().scatter_(-1, win, top)
             return y.permute(0, 3, 1, 2) if u.dim() == 4 else y
         if o.hidden_rule == "krotov":
             idx = u.topk(o.krotov_k, dim=1).indices
