@@ -93,8 +93,8 @@ def test_accuracy_table_mean_sd_and_best(store, tmp_path):
 
 
 def test_runs_on_a_training_subset_get_their_own_column(tmp_path):
-    """Full Fashion-MNIST and its 4,500-image subset are two experiments: two columns, two
-    means, and the paper's figure only beside the full set's."""
+    """Full Fashion-MNIST and its 4,500-image subset are two experiments: two columns and two
+    means, never one mixed cell."""
     st = Store(tmp_path / "s.sqlite")
     for seed, (full, sub) in enumerate([(0.90, 0.80), (0.91, 0.82)]):
         st.record(*_row("bp", "fashion-mnist", "mlp", seed, full))
