@@ -47,10 +47,10 @@ def data_label(run: dict[str, Any]) -> str:
     return f"{data}{SUBSET_SEP}{n}" if isinstance(n, int) and SUBSET_SEP not in data else data
 
 
-def data_sort_key(label: str) -> tuple[int, str, int]:
+def data_sort_key(label: str) -> tuple[int, str, bool, int]:
     """Datasets in DATA_ORDER, each full set before its subsets (larger first)."""
     base, _, n = label.partition(SUBSET_SEP)
-    return (DATA_ORDER.index(base) if base in DATA_ORDER else len(DATA_ORDER), base, -int(n) if n else -(1 << 62))
+    return (DATA_ORDER.index(base) if base in DATA_ORDER else len(DATA_ORDER), base, bool(n), -int(n or 0))
 
 
 def column_name(data: str, model: str) -> str:
